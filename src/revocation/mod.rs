@@ -1,0 +1,211 @@
+//! Revocation store, token inventory and audit tail: the state every replica must
+//! share. Backends: `embedded` (redb, one process) and, later, `redis`. Imports only
+//! `domain` and `clock`; the service layer talks to the traits, never a backend.
+//!
+//! Semantics (contract §3, §6):
+//! - a jti revocation kills one token until `expires_at` (the token's exp + leeway);
+//! - a subject revocation is a watermark: every token of that subject with
+//!   `iat <= watermark` is dead; `block_until` additionally quarantines new issuance;
+//! - a kid revocation kills every token signed by that key.
+//!
+//! Entries whose `expires_at <= now` are treated as absent even before a purge runs.
+
+pub mod conformance;
+pub mod embedded;
+
+use crate::clock::UnixSeconds;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevocationKind {
+    Jti,
+    Subject,
+    Kid,
+}
+
+impl RevocationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jti => "jti",
+            Self::Subject => "subject",
+            Self::Kid => "kid",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "jti" => Some(Self::Jti),
+            "subject" => Some(Self::Subject),
+            "kid" => Some(Self::Kid),
+            _ => None,
+        }
+    }
+}
+
+/// What the admin API (or `/revoke`) asks the store to remember.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRevocation {
+    pub kind: RevocationKind,
+    /// jti, subject (SPIFFE ID or `<iss>#<sub>`), or kid.
+    pub value: String,
+    pub reason: String,
+    /// Who asked: the admin's SPIFFE ID, `admin-token`, or the token's own subject.
+    pub actor: String,
+    /// Also the watermark for subject revocations.
+    pub created_at: UnixSeconds,
+    /// When the entry stops mattering and may be forgotten.
+    pub expires_at: UnixSeconds,
+    /// Subject revocations only: refuse new issuance until then (`block_new`).
+    pub block_until: Option<UnixSeconds>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    /// Unique, and ordered by creation (listing order and cursor).
+    pub id: String,
+    pub kind: RevocationKind,
+    pub value: String,
+    pub reason: String,
+    pub actor: String,
+    pub created_at: UnixSeconds,
+    pub expires_at: UnixSeconds,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_until: Option<UnixSeconds>,
+}
+
+/// The facts of a token that the three revocation kinds look at.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRef<'a> {
+    pub jti: &'a str,
+    pub subject: &'a str,
+    pub kid: &'a str,
+    pub iat: UnixSeconds,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiftOutcome {
+    Lifted,
+    NotFound,
+    /// jti revocations are final (contract §3: 409).
+    NotLiftable,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: usize,
+    /// Opaque, from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// An entry of the live-token inventory; never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedToken {
+    pub jti: String,
+    pub sub: String,
+    pub aud: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    pub kid: String,
+    pub iat: UnixSeconds,
+    pub exp: UnixSeconds,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenFilter {
+    pub subject: Option<String>,
+    pub audience: Option<String>,
+}
+
+/// An audit event as the store keeps it: the rendered JSON line plus the fields the
+/// admin API filters on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAuditEvent {
+    pub ts: UnixSeconds,
+    #[serde(default)]
+    pub subject: Option<String>,
+    pub outcome: String,
+    pub json: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub since: Option<UnixSeconds>,
+    pub subject: Option<String>,
+    pub outcome: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend could not be reached or did not answer in time. Callers fail
+    /// closed: introspection 503, admin revocation 503 (never reported as done).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with data we cannot read.
+    #[error("store data corrupt: {0}")]
+    Corrupt(String),
+    #[error("bad cursor")]
+    BadCursor,
+}
+
+#[async_trait]
+pub trait RevocationStore: Send + Sync + 'static {
+    /// Durably stores a revocation and returns its record. A subject or kid
+    /// revocation replaces an earlier one for the same value.
+    async fn revoke(&self, rev: NewRevocation) -> Result<RevocationRecord, StoreError>;
+    /// One read covering all three kinds.
+    async fn is_revoked(&self, token: &TokenRef<'_>, now: UnixSeconds) -> Result<bool, StoreError>;
+    /// The quarantine end for a subject, if one is in force at `now`.
+    async fn blocked_until(
+        &self,
+        subject: &str,
+        now: UnixSeconds,
+    ) -> Result<Option<UnixSeconds>, StoreError>;
+    /// Live records, oldest first.
+    async fn list_revocations(
+        &self,
+        kind: Option<RevocationKind>,
+        page: &PageRequest,
+        now: UnixSeconds,
+    ) -> Result<Page<RevocationRecord>, StoreError>;
+    async fn lift(&self, id: &str, now: UnixSeconds) -> Result<LiftOutcome, StoreError>;
+    /// Readiness probe.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Drops expired entries (revocations, inventory, nothing else); returns how many.
+    async fn purge_expired(&self, now: UnixSeconds) -> Result<u64, StoreError>;
+}
+
+#[async_trait]
+pub trait TokenInventory: Send + Sync + 'static {
+    async fn record_issued(&self, token: &IssuedToken) -> Result<(), StoreError>;
+    async fn get_issued(&self, jti: &str) -> Result<Option<IssuedToken>, StoreError>;
+    /// Unexpired and unrevoked tokens (by jti, subject watermark or kid), oldest first.
+    async fn list_live(
+        &self,
+        filter: &TokenFilter,
+        page: &PageRequest,
+        now: UnixSeconds,
+    ) -> Result<Page<IssuedToken>, StoreError>;
+}
+
+#[async_trait]
+pub trait AuditTail: Send + Sync + 'static {
+    /// Appends one event; the tail is capped, the oldest events fall off.
+    async fn append_audit(&self, event: &StoredAuditEvent) -> Result<(), StoreError>;
+    /// Newest first, at most `limit`.
+    async fn recent_audit(
+        &self,
+        filter: &AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredAuditEvent>, StoreError>;
+}
+
+/// A backend implements all three; `app` hands each consumer the narrow trait it needs.
+pub trait Backend: RevocationStore + TokenInventory + AuditTail {}
+impl<T: RevocationStore + TokenInventory + AuditTail> Backend for T {}
