@@ -6,6 +6,4 @@ pub mod types;
 
 pub use identity::{CredentialKind, Principal, VerifiedIdentity};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
-pub use types::{
-    Audience, Jti, Kid, Scope, ScopeSet, ValueError, format_duration, parse_duration,
-};
+pub use types::{Audience, Jti, Kid, Scope, ScopeSet, ValueError, format_duration, parse_duration};

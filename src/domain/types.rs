@@ -72,7 +72,8 @@ macro_rules! string_newtype {
 string_newtype!(Audience, "audience", MAX_AUDIENCE_LEN, |c: char| c
     .is_ascii_graphic());
 // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-string_newtype!(Scope, "scope", MAX_SCOPE_LEN, |c: char| c.is_ascii_graphic()
+string_newtype!(Scope, "scope", MAX_SCOPE_LEN, |c: char| c
+    .is_ascii_graphic()
     && c != '"'
     && c != '\\');
 // Our jtis are base64url; foreign ones (JWT-SVID, OIDC) are opaque but capped.
@@ -205,7 +206,10 @@ mod tests {
         let s = ScopeSet::parse("a b  a c").ok();
         assert_eq!(s.map(|s| s.joined()), Some("a b c".to_owned()));
         assert!(ScopeSet::parse("a\"b").is_err());
-        let many = (0..40).map(|i| format!("s{i}")).collect::<Vec<_>>().join(" ");
+        let many = (0..40)
+            .map(|i| format!("s{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         assert_eq!(ScopeSet::parse(&many), Err(ValueError::TooManyScopes));
     }
 
