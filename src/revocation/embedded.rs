@@ -1,1 +1,725 @@
-//! placeholder
+//! Embedded on-disk backend (redb): one process, one file, survives restarts. It owns
+//! the file layout below and imports only `clock` and the revocation types.
+//!
+//! Layout, one redb file:
+//! - `revocations`: id → JSON `RevocationRecord`. Ids are a zero-padded hex counter kept
+//!   in `meta`, so key order is creation order, also across restarts (listing, cursor).
+//! - `rev_index`: `"<kind>:<value>"` → id of the one record for that kind and value; a new
+//!   revocation of the same value deletes the record it replaces.
+//! - `tokens`: jti → JSON `IssuedToken`; `tokens_by_iat`: (iat, jti) → () for listing.
+//! - `audit`: sequence → JSON `StoredAuditEvent`, capped.
+//!
+//! Threading: every write transaction and every scan runs in `spawn_blocking` (a commit
+//! may fsync, a scan may touch many pages). Point reads (`is_revoked`, `blocked_until`,
+//! `get_issued`, `ping`) run inline: a few B-tree lookups served from redb's page cache
+//! cost less than the thread hop, and `is_revoked` is on the introspection hot path.
+
+use super::{
+    AuditFilter, AuditTail, IssuedToken, LiftOutcome, NewRevocation, Page, PageRequest,
+    RevocationKind, RevocationRecord, RevocationStore, StoreError, StoredAuditEvent, TokenFilter,
+    TokenInventory, TokenRef,
+};
+use crate::clock::UnixSeconds;
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use redb::{
+    Database, DatabaseError, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocations");
+const REV_INDEX: TableDefinition<&str, &str> = TableDefinition::new("rev_index");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const TOKENS_BY_IAT: TableDefinition<(i64, &str), ()> = TableDefinition::new("tokens_by_iat");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+const NEXT_REVOCATION_ID: &str = "next_revocation_id";
+
+/// Audit events kept by [`EmbeddedStore::open`]; older ones fall off.
+pub const DEFAULT_AUDIT_CAP: usize = 10_000;
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1_000;
+/// Inventory and audit writes commit without fsync; every this many of them one commits
+/// durably, so a crash loses a bounded amount even when nothing is revoked for hours.
+const CHECKPOINT_EVERY: u64 = 1_024;
+
+/// The redb-backed store. Cheap to clone: clones share one open database.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    audit_cap: usize,
+    informative_writes: AtomicU64,
+}
+
+impl fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.inner.path)
+            .field("audit_cap", &self.inner.audit_cap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating it and its parent directories if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_audit_cap(path, DEFAULT_AUDIT_CAP)
+    }
+
+    /// Like [`open`](Self::open), keeping at most `audit_cap` (at least 1) audit events.
+    pub fn open_with_audit_cap(path: &Path, audit_cap: usize) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+                StoreError::Unavailable(format!(
+                    "{} is locked by another tessera process? ({e})",
+                    path.display()
+                ))
+            }
+            other => match db_err(other) {
+                StoreError::Corrupt(m) => StoreError::Corrupt(format!("{}: {m}", path.display())),
+                e => StoreError::Unavailable(format!("{}: {e}", path.display())),
+            },
+        })?;
+        // Create every table up front so read transactions never meet a missing one.
+        let txn = db.begin_write().map_err(db_err)?;
+        txn.open_table(META).map_err(db_err)?;
+        txn.open_table(REVOCATIONS).map_err(db_err)?;
+        txn.open_table(REV_INDEX).map_err(db_err)?;
+        txn.open_table(TOKENS).map_err(db_err)?;
+        txn.open_table(TOKENS_BY_IAT).map_err(db_err)?;
+        txn.open_table(AUDIT).map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_owned(),
+                audit_cap: audit_cap.max(1),
+                informative_writes: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Runs `f` in a write transaction on the blocking pool and commits it.
+    async fn write<T, F>(&self, durability: Durability, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let mut txn = inner.db.begin_write().map_err(db_err)?;
+            txn.set_durability(durability).map_err(db_err)?;
+            // An error drops `txn` uncommitted, which aborts it.
+            let out = f(&txn)?;
+            txn.commit().map_err(db_err)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Runs a scan `f` in a read transaction on the blocking pool.
+    async fn scan<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || f(&inner.db.begin_read().map_err(db_err)?)).await
+    }
+
+    fn read_now(&self) -> Result<ReadTransaction, StoreError> {
+        self.inner.db.begin_read().map_err(db_err)
+    }
+
+    /// Inventory and audit entries are informative (losing the last few in a crash
+    /// hides nothing that matters for security), so they skip the fsync; the next
+    /// durable commit (any revoke, lift, purge or checkpoint) persists them too.
+    fn informative_durability(&self) -> Durability {
+        let n = self
+            .inner
+            .informative_writes
+            .fetch_add(1, Ordering::Relaxed);
+        if n % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1 {
+            Durability::Immediate
+        } else {
+            Durability::None
+        }
+    }
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("embedded store task failed: {e}")))?
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        e @ redb::Error::Corrupted(_) => StoreError::Corrupt(e.to_string()),
+        e => StoreError::Unavailable(format!("embedded store: {e}")),
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(format!("cannot encode entry: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(raw: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(format!("unreadable entry: {e}")))
+}
+
+fn index_key(kind: RevocationKind, value: &str) -> String {
+    format!("{}:{value}", kind.as_str())
+}
+
+/// `limit` 0 means the default page; anything above the cap is cut to it.
+fn page_limit(limit: usize) -> usize {
+    match limit {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+fn revocation_id(n: u64) -> String {
+    format!("{n:016x}")
+}
+
+/// A revocation cursor is the last id served; anything else is refused, not skipped.
+fn parse_revocation_cursor(c: &str) -> Result<String, StoreError> {
+    if c.len() == 16 && c.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(c.to_owned())
+    } else {
+        Err(StoreError::BadCursor)
+    }
+}
+
+fn token_cursor(t: &IssuedToken) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}\n{}", t.iat, t.jti))
+}
+
+fn parse_token_cursor(c: &str) -> Result<(i64, String), StoreError> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(c)
+        .map_err(|_| StoreError::BadCursor)?;
+    let s = String::from_utf8(raw).map_err(|_| StoreError::BadCursor)?;
+    let (iat, jti) = s.split_once('\n').ok_or(StoreError::BadCursor)?;
+    let iat = iat.parse().map_err(|_| StoreError::BadCursor)?;
+    Ok((iat, jti.to_owned()))
+}
+
+/// Collects up to `limit` kept items and says whether another one followed.
+fn take_page<T>(
+    candidates: impl Iterator<Item = Result<Option<T>, StoreError>>,
+    limit: usize,
+) -> Result<(Vec<T>, bool), StoreError> {
+    let mut items = Vec::new();
+    for candidate in candidates {
+        let Some(item) = candidate? else { continue };
+        if items.len() == limit {
+            return Ok((items, true));
+        }
+        items.push(item);
+    }
+    Ok((items, false))
+}
+
+/// The live record for a kind and value, if any.
+fn live_record(
+    index: &impl ReadableTable<&'static str, &'static str>,
+    records: &impl ReadableTable<&'static str, &'static [u8]>,
+    kind: RevocationKind,
+    value: &str,
+    now: UnixSeconds,
+) -> Result<Option<RevocationRecord>, StoreError> {
+    let key = index_key(kind, value);
+    let Some(id) = index.get(key.as_str()).map_err(db_err)? else {
+        return Ok(None);
+    };
+    let Some(raw) = records.get(id.value()).map_err(db_err)? else {
+        // Writes keep both tables in one transaction; a gap means a bug or damage, and
+        // introspection must fail closed rather than call the token good.
+        return Err(StoreError::Corrupt(format!(
+            "index {key} names a missing record"
+        )));
+    };
+    let rec: RevocationRecord = decode(raw.value())?;
+    Ok((rec.expires_at > now).then_some(rec))
+}
+
+fn token_revoked(
+    index: &impl ReadableTable<&'static str, &'static str>,
+    records: &impl ReadableTable<&'static str, &'static [u8]>,
+    token: &TokenRef<'_>,
+    now: UnixSeconds,
+) -> Result<bool, StoreError> {
+    if live_record(index, records, RevocationKind::Jti, token.jti, now)?.is_some() {
+        return Ok(true);
+    }
+    if let Some(wm) = live_record(index, records, RevocationKind::Subject, token.subject, now)?
+        && token.iat <= wm.created_at
+    {
+        return Ok(true);
+    }
+    Ok(live_record(index, records, RevocationKind::Kid, token.kid, now)?.is_some())
+}
+
+#[async_trait]
+impl RevocationStore for EmbeddedStore {
+    async fn revoke(&self, rev: NewRevocation) -> Result<RevocationRecord, StoreError> {
+        // Immediate: once this returns, a kill -9 must not lose the revocation.
+        self.write(Durability::Immediate, move |txn| {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let n = meta
+                .get(NEXT_REVOCATION_ID)
+                .map_err(db_err)?
+                .map_or(0, |g| g.value());
+            meta.insert(NEXT_REVOCATION_ID, n + 1).map_err(db_err)?;
+            let rec = RevocationRecord {
+                id: revocation_id(n),
+                kind: rev.kind,
+                value: rev.value,
+                reason: rev.reason,
+                actor: rev.actor,
+                created_at: rev.created_at,
+                expires_at: rev.expires_at,
+                block_until: rev.block_until,
+            };
+            let mut index = txn.open_table(REV_INDEX).map_err(db_err)?;
+            let mut records = txn.open_table(REVOCATIONS).map_err(db_err)?;
+            let key = index_key(rec.kind, &rec.value);
+            let replaced = index
+                .insert(key.as_str(), rec.id.as_str())
+                .map_err(db_err)?
+                .map(|g| g.value().to_owned());
+            if let Some(old) = replaced {
+                records.remove(old.as_str()).map_err(db_err)?;
+            }
+            records
+                .insert(rec.id.as_str(), encode(&rec)?.as_slice())
+                .map_err(db_err)?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    async fn is_revoked(&self, token: &TokenRef<'_>, now: UnixSeconds) -> Result<bool, StoreError> {
+        let txn = self.read_now()?;
+        let index = txn.open_table(REV_INDEX).map_err(db_err)?;
+        let records = txn.open_table(REVOCATIONS).map_err(db_err)?;
+        token_revoked(&index, &records, token, now)
+    }
+
+    async fn blocked_until(
+        &self,
+        subject: &str,
+        now: UnixSeconds,
+    ) -> Result<Option<UnixSeconds>, StoreError> {
+        let txn = self.read_now()?;
+        let index = txn.open_table(REV_INDEX).map_err(db_err)?;
+        let records = txn.open_table(REVOCATIONS).map_err(db_err)?;
+        let rec = live_record(&index, &records, RevocationKind::Subject, subject, now)?;
+        Ok(rec.and_then(|r| r.block_until).filter(|&t| t > now))
+    }
+
+    async fn list_revocations(
+        &self,
+        kind: Option<RevocationKind>,
+        page: &PageRequest,
+        now: UnixSeconds,
+    ) -> Result<Page<RevocationRecord>, StoreError> {
+        let limit = page_limit(page.limit);
+        let after = page
+            .cursor
+            .as_deref()
+            .map(parse_revocation_cursor)
+            .transpose()?;
+        self.scan(move |txn| {
+            let records = txn.open_table(REVOCATIONS).map_err(db_err)?;
+            let lower = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let range = records
+                .range::<&str>((lower, Bound::Unbounded))
+                .map_err(db_err)?;
+            let candidates = range.map(|entry| {
+                let (_, raw) = entry.map_err(db_err)?;
+                let rec: RevocationRecord = decode(raw.value())?;
+                let keep = rec.expires_at > now && kind.is_none_or(|k| k == rec.kind);
+                Ok(keep.then_some(rec))
+            });
+            let (items, more) = take_page(candidates, limit)?;
+            let next_cursor = if more {
+                items.last().map(|r| r.id.clone())
+            } else {
+                None
+            };
+            Ok(Page { items, next_cursor })
+        })
+        .await
+    }
+
+    async fn lift(&self, id: &str, now: UnixSeconds) -> Result<LiftOutcome, StoreError> {
+        let id = id.to_owned();
+        // Immediate: a lifted quarantine must not come back after a crash either.
+        self.write(Durability::Immediate, move |txn| {
+            let mut records = txn.open_table(REVOCATIONS).map_err(db_err)?;
+            let Some(raw) = records
+                .get(id.as_str())
+                .map_err(db_err)?
+                .map(|g| g.value().to_vec())
+            else {
+                return Ok(LiftOutcome::NotFound);
+            };
+            let rec: RevocationRecord = decode(&raw)?;
+            if rec.expires_at <= now {
+                return Ok(LiftOutcome::NotFound);
+            }
+            if rec.kind == RevocationKind::Jti {
+                return Ok(LiftOutcome::NotLiftable);
+            }
+            records.remove(id.as_str()).map_err(db_err)?;
+            let mut index = txn.open_table(REV_INDEX).map_err(db_err)?;
+            index
+                .remove(index_key(rec.kind, &rec.value).as_str())
+                .map_err(db_err)?;
+            Ok(LiftOutcome::Lifted)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let txn = self.read_now()?;
+        txn.open_table(META).map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now: UnixSeconds) -> Result<u64, StoreError> {
+        // Immediate, so a purge is also a checkpoint for informative writes.
+        self.write(Durability::Immediate, move |txn| {
+            let mut records = txn.open_table(REVOCATIONS).map_err(db_err)?;
+            let mut index = txn.open_table(REV_INDEX).map_err(db_err)?;
+            let mut expired = Vec::new();
+            for entry in records.iter().map_err(db_err)? {
+                let (_, raw) = entry.map_err(db_err)?;
+                let rec: RevocationRecord = decode(raw.value())?;
+                if rec.expires_at <= now {
+                    expired.push(rec);
+                }
+            }
+            let mut count = 0u64;
+            for rec in &expired {
+                records.remove(rec.id.as_str()).map_err(db_err)?;
+                index
+                    .remove(index_key(rec.kind, &rec.value).as_str())
+                    .map_err(db_err)?;
+                count += 1;
+            }
+
+            let mut tokens = txn.open_table(TOKENS).map_err(db_err)?;
+            let mut by_iat = txn.open_table(TOKENS_BY_IAT).map_err(db_err)?;
+            let mut expired = Vec::new();
+            for entry in tokens.iter().map_err(db_err)? {
+                let (_, raw) = entry.map_err(db_err)?;
+                let token: IssuedToken = decode(raw.value())?;
+                if token.exp <= now {
+                    expired.push((token.iat, token.jti));
+                }
+            }
+            for (iat, jti) in &expired {
+                tokens.remove(jti.as_str()).map_err(db_err)?;
+                by_iat.remove((*iat, jti.as_str())).map_err(db_err)?;
+                count += 1;
+            }
+            Ok(count)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl TokenInventory for EmbeddedStore {
+    async fn record_issued(&self, token: &IssuedToken) -> Result<(), StoreError> {
+        let token = token.clone();
+        self.write(self.informative_durability(), move |txn| {
+            let mut tokens = txn.open_table(TOKENS).map_err(db_err)?;
+            let mut by_iat = txn.open_table(TOKENS_BY_IAT).map_err(db_err)?;
+            let previous = tokens
+                .insert(token.jti.as_str(), encode(&token)?.as_slice())
+                .map_err(db_err)?
+                .map(|g| decode::<IssuedToken>(g.value()))
+                .transpose()?;
+            if let Some(old) = previous {
+                by_iat.remove((old.iat, old.jti.as_str())).map_err(db_err)?;
+            }
+            by_iat
+                .insert((token.iat, token.jti.as_str()), ())
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_issued(&self, jti: &str) -> Result<Option<IssuedToken>, StoreError> {
+        let txn = self.read_now()?;
+        let tokens = txn.open_table(TOKENS).map_err(db_err)?;
+        let raw = tokens.get(jti).map_err(db_err)?;
+        raw.map(|g| decode(g.value())).transpose()
+    }
+
+    async fn list_live(
+        &self,
+        filter: &TokenFilter,
+        page: &PageRequest,
+        now: UnixSeconds,
+    ) -> Result<Page<IssuedToken>, StoreError> {
+        let limit = page_limit(page.limit);
+        let after = page.cursor.as_deref().map(parse_token_cursor).transpose()?;
+        let filter = filter.clone();
+        self.scan(move |txn| {
+            let tokens = txn.open_table(TOKENS).map_err(db_err)?;
+            let by_iat = txn.open_table(TOKENS_BY_IAT).map_err(db_err)?;
+            let index = txn.open_table(REV_INDEX).map_err(db_err)?;
+            let records = txn.open_table(REVOCATIONS).map_err(db_err)?;
+            let lower = match &after {
+                Some((iat, jti)) => Bound::Excluded((*iat, jti.as_str())),
+                None => Bound::Unbounded,
+            };
+            let range = by_iat
+                .range::<(i64, &str)>((lower, Bound::Unbounded))
+                .map_err(db_err)?;
+            let candidates = range.map(|entry| {
+                let (key, _) = entry.map_err(db_err)?;
+                let (_, jti) = key.value();
+                let Some(raw) = tokens.get(jti).map_err(db_err)? else {
+                    return Err(StoreError::Corrupt(format!(
+                        "token index names missing {jti}"
+                    )));
+                };
+                let t: IssuedToken = decode(raw.value())?;
+                let wanted = t.exp > now
+                    && filter.subject.as_ref().is_none_or(|s| *s == t.sub)
+                    && filter.audience.as_ref().is_none_or(|a| *a == t.aud);
+                if !wanted {
+                    return Ok(None);
+                }
+                let token_ref = TokenRef {
+                    jti: &t.jti,
+                    subject: &t.sub,
+                    kid: &t.kid,
+                    iat: t.iat,
+                };
+                let revoked = token_revoked(&index, &records, &token_ref, now)?;
+                Ok((!revoked).then_some(t))
+            });
+            let (items, more) = take_page(candidates, limit)?;
+            let next_cursor = if more {
+                items.last().map(token_cursor)
+            } else {
+                None
+            };
+            Ok(Page { items, next_cursor })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AuditTail for EmbeddedStore {
+    async fn append_audit(&self, event: &StoredAuditEvent) -> Result<(), StoreError> {
+        let raw = encode(event)?;
+        let cap = u64::try_from(self.inner.audit_cap).unwrap_or(u64::MAX);
+        self.write(self.informative_durability(), move |txn| {
+            let mut audit = txn.open_table(AUDIT).map_err(db_err)?;
+            let seq = audit
+                .last()
+                .map_err(db_err)?
+                .map_or(0, |(k, _)| k.value() + 1);
+            audit.insert(seq, raw.as_slice()).map_err(db_err)?;
+            while audit.len().map_err(db_err)? > cap {
+                audit.pop_first().map_err(db_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// `limit` follows the listing rule: 0 is the default page, at most 1000.
+    async fn recent_audit(
+        &self,
+        filter: &AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredAuditEvent>, StoreError> {
+        let limit = page_limit(limit);
+        let filter = filter.clone();
+        self.scan(move |txn| {
+            let audit = txn.open_table(AUDIT).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in audit.iter().map_err(db_err)?.rev() {
+                if out.len() == limit {
+                    break;
+                }
+                let (_, raw) = entry.map_err(db_err)?;
+                let ev: StoredAuditEvent = decode(raw.value())?;
+                let wanted = filter.since.is_none_or(|s| ev.ts >= s)
+                    && filter
+                        .subject
+                        .as_ref()
+                        .is_none_or(|s| ev.subject.as_ref() == Some(s))
+                    && filter.outcome.as_ref().is_none_or(|o| *o == ev.outcome);
+                if wanted {
+                    out.push(ev);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::revocation::AuditFilter;
+
+    const T: UnixSeconds = 1_900_000_000;
+
+    fn event(i: i64) -> StoredAuditEvent {
+        StoredAuditEvent {
+            ts: T + i,
+            subject: None,
+            outcome: "ok".to_owned(),
+            json: format!(r#"{{"n":{i}}}"#),
+        }
+    }
+
+    fn issued(jti: &str, iat: UnixSeconds) -> IssuedToken {
+        IssuedToken {
+            jti: jti.to_owned(),
+            sub: "spiffe://example.org/w".to_owned(),
+            aud: "api".to_owned(),
+            scope: None,
+            kid: "k1".to_owned(),
+            iat,
+            exp: T + 3600,
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_tail_drops_the_oldest_beyond_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = EmbeddedStore::open_with_audit_cap(&path, 3).unwrap();
+        for i in 0..5 {
+            store.append_audit(&event(i)).await.unwrap();
+        }
+        let got = store
+            .recent_audit(&AuditFilter::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(got, vec![event(4), event(3), event(2)]);
+        drop(store);
+        // The cap holds across a reopen and sequence numbers keep going.
+        let store = EmbeddedStore::open_with_audit_cap(&path, 3).unwrap();
+        store.append_audit(&event(5)).await.unwrap();
+        let got = store
+            .recent_audit(&AuditFilter::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(got, vec![event(5), event(4), event(3)]);
+    }
+
+    #[tokio::test]
+    async fn default_audit_cap_is_ten_thousand() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        assert_eq!(store.inner.audit_cap, 10_000);
+    }
+
+    #[tokio::test]
+    async fn recording_a_jti_again_replaces_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        store.record_issued(&issued("a", T - 10)).await.unwrap();
+        store.record_issued(&issued("a", T - 5)).await.unwrap();
+        let page = store
+            .list_live(&TokenFilter::default(), &PageRequest::default(), T)
+            .await
+            .unwrap();
+        assert_eq!(page.items, vec![issued("a", T - 5)]);
+        // The old (iat, jti) index entry is gone too, or purge would trip over it.
+        assert_eq!(store.purge_expired(T + 3600).await.unwrap(), 1);
+        let page = store
+            .list_live(&TokenFilter::default(), &PageRequest::default(), T)
+            .await
+            .unwrap();
+        assert!(page.items.is_empty());
+    }
+
+    #[test]
+    fn page_limit_defaults_and_caps() {
+        assert_eq!(page_limit(0), 100);
+        assert_eq!(page_limit(7), 7);
+        assert_eq!(page_limit(1000), 1000);
+        assert_eq!(page_limit(1001), 1000);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let t = issued("jti:with\nodd chars", -5);
+        assert_eq!(
+            parse_token_cursor(&token_cursor(&t)).unwrap(),
+            (-5, t.jti.clone())
+        );
+        for bad in ["", "!!", "bm90IGEgY3Vyc29y", "////"] {
+            assert!(
+                matches!(parse_token_cursor(bad), Err(StoreError::BadCursor)),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_revocation_cursor(&revocation_id(42)).unwrap(),
+            revocation_id(42)
+        );
+        for bad in [
+            "",
+            "2a",
+            "000000000000002A",
+            "00000000000000zz",
+            "00000000000000002a",
+        ] {
+            assert!(
+                matches!(parse_revocation_cursor(bad), Err(StoreError::BadCursor)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn revocation_ids_sort_in_creation_order() {
+        let ids: Vec<String> = [0, 9, 10, 255, 256, u64::MAX].map(revocation_id).into();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+    }
+}
