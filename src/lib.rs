@@ -7,4 +7,5 @@
 
 pub mod clock;
 pub mod domain;
+pub mod policy;
 pub mod revocation;
