@@ -4,6 +4,7 @@
 //! Imports only `crate::domain` (and may use `crate::clock`); never another module of
 //! ours — `service` composes policy with attestation and minting.
 
+mod claims;
 mod error;
 mod glob;
 mod spiffe_pattern;
