@@ -5,6 +5,7 @@
 //! `revocation` and `audit` import only `domain`, `clock` and `jose`; `service`
 //! composes them; `http` translates; `app` wires; `cli` drives.
 
+pub mod attest;
 pub mod clock;
 pub mod domain;
 pub mod jose;
