@@ -517,3 +517,210 @@ impl<'de> Visitor<'de> for StrictVisitor {
         Ok(Value::Object(m))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const P256: (&str, &str) = (
+        "ngLYQnlfF6GsojUwqtcEE3WgTNG2RUlsGhK73RNEl5k",
+        "tKbiDSUSsQ3F1P7wteeHNXIcU-cx6CgSbroeQrQHTLM",
+    );
+
+    fn td() -> TrustDomain {
+        TrustDomain::parse("example.org").unwrap()
+    }
+
+    fn jwt_key(kid: &str) -> Value {
+        json!({"use": "jwt-svid", "kty": "EC", "crv": "P-256", "kid": kid,
+            "x": P256.0, "y": P256.1})
+    }
+
+    fn cert_der() -> Vec<u8> {
+        let ck = rcgen::generate_simple_self_signed(vec!["ca.example.org".to_owned()]).unwrap();
+        ck.cert.der().to_vec()
+    }
+
+    fn x509_entry_json(certs: &[&[u8]]) -> Value {
+        let std = base64::engine::general_purpose::STANDARD;
+        let x5c: Vec<String> = certs.iter().map(|c| std.encode(c)).collect();
+        json!({"use": "x509-svid", "kty": "EC", "crv": "P-256", "x": P256.0, "y": P256.1,
+            "x5c": x5c})
+    }
+
+    fn spiffe(doc: &Value) -> Result<TrustBundle, BundleError> {
+        parse_spiffe_bundle(&td(), &serde_json::to_vec(doc).unwrap())
+    }
+
+    #[test]
+    fn selects_entries_by_use_and_ignores_the_rest() {
+        let cert = cert_der();
+        let other = cert_der();
+        let doc = json!({"spiffe_refresh_hint": 300, "spiffe_sequence": 7, "keys": [
+            jwt_key("b"), jwt_key("a"),
+            x509_entry_json(&[&cert, &other]),
+            {"kty": "EC", "crv": "P-256", "x": P256.0, "y": P256.1, "kid": "no-use"},
+            {"use": "JWT-SVID", "kty": "EC", "kid": "upper"},
+            {"use": "wit-svid", "kty": "EC", "kid": "wit", "crv": "P-256", "x": P256.0, "y": P256.1},
+            {"use": "jwt-svid", "kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+            {"use": "jwt-svid", "kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": "c2Rmc2Zk"},
+            {"use": "x509-svid", "kty": "weird", "x5c": ["!!"]},
+        ]});
+        let b = spiffe(&doc).unwrap();
+        assert_eq!(b.jwt_kids(), ["a", "b"]);
+        assert!(b.jwt_authority("a").is_some());
+        assert!(b.jwt_authority("upper").is_none());
+        // X509-SVID §6.2: only x5c[0].
+        assert_eq!(b.x509_authorities().len(), 1);
+        assert_eq!(b.x509_authorities()[0].as_ref(), cert.as_slice());
+        assert_eq!((b.refresh_hint, b.sequence), (Some(300), Some(7)));
+        assert!(!b.is_empty());
+    }
+
+    #[test]
+    fn empty_keys_is_an_empty_bundle_but_keys_is_required() {
+        let b = spiffe(&json!({"keys": []})).unwrap();
+        assert!(b.is_empty());
+        assert!(matches!(spiffe(&json!({})), Err(BundleError::MissingKeys)));
+        assert!(matches!(
+            spiffe(&json!({"keys": {}})),
+            Err(BundleError::KeysNotArray)
+        ));
+        assert!(matches!(spiffe(&json!([])), Err(BundleError::NotAnObject)));
+    }
+
+    #[test]
+    fn malformed_supported_entries_fail_the_bundle() {
+        let cases = [
+            json!({"keys": [{"use": "jwt-svid", "kty": "EC", "crv": "P-256", "x": P256.0, "y": P256.1}]}),
+            json!({"keys": [jwt_key("")]}),
+            json!({"keys": [jwt_key("a"), jwt_key("a")]}),
+            json!({"keys": [{"use": "jwt-svid", "kty": "EC", "crv": "P-256", "kid": "a", "x": "AAAA", "y": P256.1}]}),
+            json!({"keys": [{"use": "jwt-svid", "kid": "a"}]}),
+            json!({"keys": [{"use": "x509-svid", "kty": "EC"}]}),
+            json!({"keys": [{"use": "x509-svid", "kty": "EC", "x5c": []}]}),
+            json!({"keys": [{"use": "x509-svid", "kty": "EC", "x5c": ["not base64!"]}]}),
+            json!({"keys": [{"use": "x509-svid", "kty": "EC", "x5c": ["MAA="]}]}),
+            json!({"keys": ["jwt-svid"]}),
+            json!({"keys": [], "spiffe_refresh_hint": -1}),
+            json!({"keys": [], "spiffe_sequence": "1"}),
+        ];
+        for doc in cases {
+            assert!(spiffe(&doc).is_err(), "{doc}");
+        }
+    }
+
+    #[test]
+    fn duplicate_members_are_refused_at_every_level() {
+        let k = r#"{"use":"jwt-svid","kty":"EC","crv":"P-256","kid":"a","x":"X","y":"Y"}"#
+            .replace("\"X\"", &format!("{:?}", P256.0))
+            .replace("\"Y\"", &format!("{:?}", P256.1));
+        let ok = format!(r#"{{"keys":[{k}]}}"#);
+        assert!(parse_spiffe_bundle(&td(), ok.as_bytes()).is_ok());
+        let top = format!(r#"{{"keys":[],"keys":[{k}]}}"#);
+        let nested = format!(
+            r#"{{"keys":[{}]}}"#,
+            k.replace(r#""kid":"a""#, r#""kid":"a","kid":"b""#)
+        );
+        for doc in [top, nested] {
+            assert!(
+                matches!(
+                    parse_spiffe_bundle(&td(), doc.as_bytes()),
+                    Err(BundleError::DuplicateMember(_))
+                ),
+                "{doc}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_never_echo_key_material() {
+        let secret = "c2VjcmV0LWtleS1tYXRlcmlhbC10aGF0LW11c3Qtbm90LWxlYWs";
+        let docs = [
+            format!(
+                r#"{{"keys":[{{"use":"jwt-svid","kty":"EC","crv":"P-256","kid":"a","x":"{secret}","y":"{secret}"}}]}}"#
+            ),
+            format!(
+                r#"{{"keys":[{{"use":"jwt-svid","kty":"RSA","kid":"a","n":"{secret}","e":"AQAB"}}]}}"#
+            ),
+            format!(r#"{{"keys":[{{"use":"x509-svid","kty":"EC","x5c":["{secret}"]}}]}}"#),
+            format!(r#"{{"keys":[{{"d":"{secret}" "#),
+            format!(r#"{{"keys":[{{"d":{secret}}}]}}"#),
+        ];
+        for doc in docs {
+            let err = parse_spiffe_bundle(&td(), doc.as_bytes()).unwrap_err();
+            assert!(!err.to_string().contains(secret), "{err}");
+            assert!(!format!("{err:?}").contains(secret), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn jwks_requires_kid_and_jwt_svid_key_types() {
+        let ok = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "a", "x": P256.0, "y": P256.1, "use": "sig"}]});
+        let b = parse_jwks(&td(), &serde_json::to_vec(&ok).unwrap()).unwrap();
+        assert_eq!(b.jwt_kids(), ["a"]);
+        assert_eq!(b.refresh_hint, None);
+        for bad in [
+            json!({"keys": [{"kty": "EC", "crv": "P-256", "x": P256.0, "y": P256.1}]}),
+            json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "e", "x": "c2Rmc2Zk"}]}),
+            json!({"keys": [{"kty": "oct", "kid": "h", "k": "c2VjcmV0"}]}),
+        ] {
+            assert!(
+                parse_jwks(&td(), &serde_json::to_vec(&bad).unwrap()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn x509_pem_and_der() {
+        let (a, b) = (cert_der(), cert_der());
+        let pem = |der: &[u8]| {
+            let body = base64::engine::general_purpose::STANDARD.encode(der);
+            let lines: Vec<&str> = body
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect();
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                lines.join("\n")
+            )
+        };
+        let key = "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n";
+        let both = format!("{key}{}{}", pem(&a), pem(&b));
+        let bundle = parse_x509_pem(&td(), both.as_bytes()).unwrap();
+        assert_eq!(bundle.x509_authorities().len(), 2);
+        assert_eq!(bundle.jwt_authority_count(), 0);
+        assert!(parse_x509_pem(&td(), b"  \n").unwrap().is_empty());
+        assert!(parse_x509_pem(&td(), key.as_bytes()).is_err());
+        assert!(parse_x509_pem(&td(), b"hello").is_err());
+
+        let concat = [a.as_slice(), b.as_slice()].concat();
+        assert_eq!(
+            parse_x509_der(&td(), &concat)
+                .unwrap()
+                .x509_authorities()
+                .len(),
+            2
+        );
+        assert!(parse_x509_der(&td(), &[concat.as_slice(), &[0x00]].concat()).is_err());
+        assert!(parse_x509_der(&td(), &a[..a.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn der_structure_check() {
+        let c = cert_der();
+        assert!(is_certificate_der(&c));
+        assert!(!is_certificate_der(&[&c[..], &[0]].concat()));
+        assert!(!is_certificate_der(&c[..c.len() - 1]));
+        assert!(!is_certificate_der(b""));
+        assert!(!is_certificate_der(&[0x30, 0x80, 0, 0])); // BER indefinite length
+        assert!(!is_certificate_der(&[0x30, 0x81, 0x01, 0x00])); // non-minimal length
+        // A SEQUENCE of three SEQUENCEs is not a certificate.
+        assert!(!is_certificate_der(&[
+            0x30, 0x06, 0x30, 0x00, 0x30, 0x00, 0x30, 0x00
+        ]));
+    }
+}

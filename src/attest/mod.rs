@@ -257,3 +257,109 @@ impl BundleSource for FileBundles {
         self.current.load().get(td).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(kids: &[&str]) -> String {
+        let keys: Vec<_> = kids
+            .iter()
+            .map(|kid| {
+                json!({"use": "jwt-svid", "kty": "EC", "crv": "P-256", "kid": kid,
+                    "x": "ngLYQnlfF6GsojUwqtcEE3WgTNG2RUlsGhK73RNEl5k",
+                    "y": "tKbiDSUSsQ3F1P7wteeHNXIcU-cx6CgSbroeQrQHTLM"})
+            })
+            .collect();
+        json!({"keys": keys}).to_string()
+    }
+
+    fn td(s: &str) -> TrustDomain {
+        TrustDomain::parse(s).unwrap()
+    }
+
+    fn kids(src: &dyn BundleSource, d: &str) -> Option<Vec<String>> {
+        src.bundle(&td(d)).map(|b| b.jwt_kids())
+    }
+
+    #[test]
+    fn reload_swaps_good_files_and_keeps_the_last_good_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pa, pb) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        std::fs::write(&pa, doc(&["a1"])).unwrap();
+        std::fs::write(&pb, doc(&["b1"])).unwrap();
+        let fb =
+            FileBundles::load(vec![(td("a.org"), pa.clone()), (td("b.org"), pb.clone())]).unwrap();
+        assert_eq!(kids(&fb, "a.org"), Some(vec!["a1".to_owned()]));
+        assert_eq!(kids(&fb, "c.org"), None);
+        assert!(fb.status().is_ready());
+        let held = fb.bundle(&td("a.org")).unwrap();
+
+        // a.org rotates, b.org's file breaks.
+        std::fs::write(&pa, doc(&["a1", "a2"])).unwrap();
+        std::fs::write(&pb, "{\"keys\": [").unwrap();
+        let report = fb.reload();
+        assert_eq!(report.loaded, vec![td("a.org")]);
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!(report.failed[0].0, td("b.org"));
+        assert!(
+            report.failed[0].1.contains("b.json"),
+            "{}",
+            report.failed[0].1
+        );
+        assert_eq!(
+            kids(&fb, "a.org"),
+            Some(vec!["a1".to_owned(), "a2".to_owned()])
+        );
+        assert_eq!(kids(&fb, "b.org"), Some(vec!["b1".to_owned()]));
+        let status = fb.status();
+        assert!(status.is_ready());
+        assert_eq!(status.stale, vec![td("b.org")]);
+        // Readers holding the old bundle keep a consistent view.
+        assert_eq!(held.jwt_kids(), vec!["a1".to_owned()]);
+
+        // A deleted file also keeps the last good bundle; a fixed one clears staleness.
+        std::fs::remove_file(&pb).unwrap();
+        assert_eq!(fb.reload().failed[0].0, td("b.org"));
+        assert_eq!(kids(&fb, "b.org"), Some(vec!["b1".to_owned()]));
+        std::fs::write(&pb, doc(&[])).unwrap();
+        let report = fb.reload();
+        assert!(report.failed.is_empty());
+        assert_eq!(kids(&fb, "b.org"), Some(vec![]));
+        assert!(fb.status().stale.is_empty());
+    }
+
+    #[test]
+    fn load_fails_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.json");
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&good, doc(&["k"])).unwrap();
+        std::fs::write(&bad, "{}").unwrap();
+        let err = FileBundles::load(vec![(td("a.org"), good.clone()), (td("b.org"), bad)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.json") && err.contains("keys"), "{err}");
+        let missing = dir.path().join("missing.json");
+        let err = FileBundles::load(vec![(td("a.org"), missing)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.json"), "{err}");
+        let err =
+            FileBundles::load(vec![(td("a.org"), good.clone()), (td("a.org"), good)]).unwrap_err();
+        assert!(matches!(err, BundleError::DuplicateTrustDomain(_)));
+    }
+
+    #[test]
+    fn static_bundles_and_reasons() {
+        let b = parse_spiffe_bundle(&td("a.org"), doc(&["k"]).as_bytes()).unwrap();
+        let s = StaticBundles::new([b]);
+        assert_eq!(kids(&s, "a.org"), Some(vec!["k".to_owned()]));
+        assert_eq!(AttestError::Expired.reason(), "expired");
+        assert_eq!(
+            AttestError::UnknownTrustDomain(td("x.org")).to_string(),
+            "no trust bundle for trust domain x.org"
+        );
+    }
+}
