@@ -314,7 +314,7 @@ fn audience_is_required_and_must_match() {
 fn header_rules() {
     let w = world();
     let ed = TestKey::ed25519();
-    // EdDSA is not a JWT-SVID algorithm (JWT-SVID §3), whatever the key.
+    // EdDSA is not a JWT-SVID algorithm (JWT-SVID §2.1), whatever the key.
     let t = ed.sign(&header("EdDSA", "k-es256"), &claims());
     assert_eq!(w.check(&t), Err(AttestError::AlgNotAllowed("EdDSA".into())));
     let t = w.es256.sign(

@@ -5,7 +5,8 @@
 //! Parsing is strict where a lenient parser would be a confusion vector (duplicate JSON
 //! members are refused at every level, spec README point 8 / RFC 8725 §2.6) and lenient
 //! exactly where the spec says so: entries with a missing or unknown `use`, or a key type
-//! that cannot serve that use, are ignored (Trust Domain and Bundle §4.2). An entry whose
+//! that cannot serve that use, are ignored (Trust Domain and Bundle §4.1.3, §4.2.1,
+//! §4.2.2). An entry whose
 //! `use` we support but which is malformed (a `jwt-svid` key without `kid`, an
 //! `x509-svid` entry without a usable `x5c[0]`) fails the whole bundle, as go-spiffe and
 //! java-spiffe do: a half-loaded bundle would silently drop an authority the operator
@@ -89,9 +90,9 @@ pub struct TrustBundle {
     pub trust_domain: TrustDomain,
     jwt_authorities: HashMap<String, Arc<VerifyingKey>>,
     x509_authorities: Vec<CertificateDer<'static>>,
-    /// `spiffe_refresh_hint` in seconds (§4.1.1), when the document carries one.
+    /// `spiffe_refresh_hint` in seconds (§4.1.2), when the document carries one.
     pub refresh_hint: Option<u64>,
-    /// `spiffe_sequence` (§4.1.2), when the document carries one.
+    /// `spiffe_sequence` (§4.1.1), when the document carries one.
     pub sequence: Option<u64>,
 }
 
@@ -140,14 +141,14 @@ impl TrustBundle {
     }
 
     /// A bundle with no authorities at all: every SVID of this trust domain is
-    /// rejected (an empty `keys` array means "revoked", §4.1).
+    /// rejected (an empty `keys` array means "revoked", §4.1.3).
     pub fn is_empty(&self) -> bool {
         self.jwt_authorities.is_empty() && self.x509_authorities.is_empty()
     }
 
     fn add_jwt(&mut self, index: usize, kid: &str, key: VerifyingKey) -> Result<(), BundleError> {
         if self.jwt_authorities.contains_key(kid) {
-            // §4.2.2 / JWT-SVID §6.1: kid selects the key, so it must be unique.
+            // kid selects the key (RFC 7517 §4.5), so within one bundle it must be unique.
             return Err(BundleError::DuplicateKid {
                 index,
                 kid: truncate(kid, 64),
@@ -174,7 +175,7 @@ pub fn parse_spiffe_bundle(td: &TrustDomain, json: &[u8]) -> Result<TrustBundle,
         let jwk = entry
             .as_object()
             .ok_or(BundleError::EntryNotObject { index })?;
-        // §4.2.1: `use` is case-sensitive; a missing or unknown use (including
+        // §4.2.2: `use` is case-sensitive; a missing or unknown use (including
         // `wit-svid`, which we do not support) means the entry is ignored.
         match jwk.get("use").and_then(Value::as_str) {
             Some("jwt-svid") => {
@@ -273,7 +274,7 @@ fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
 }
 
 /// The top-level object of a JWK Set and its `keys` array (`keys` MUST be present, it
-/// may be empty: §4.1).
+/// may be empty: §4.1.3).
 fn parse_jwk_set(json: &[u8]) -> Result<(Map<String, Value>, Vec<Value>), BundleError> {
     if json.len() > MAX_BUNDLE_BYTES {
         return Err(BundleError::TooLarge);
@@ -301,7 +302,7 @@ fn optional_u64(top: &Map<String, Value>, name: &'static str) -> Result<Option<u
 }
 
 /// Key types a JWT-SVID authority can have: the JWT-SVID algorithms are RS*, PS* and
-/// ES* only (JWT-SVID §3), so only `RSA` and `EC` keys can ever verify one.
+/// ES* only (JWT-SVID §2.1), so only `RSA` and `EC` keys can ever verify one.
 fn is_jwt_svid_kty(kty: &str) -> bool {
     matches!(kty, "EC" | "RSA")
 }
@@ -318,7 +319,8 @@ fn jwt_entry(
         .and_then(Value::as_str)
         .ok_or(BundleError::MissingKty { index })?;
     if !is_jwt_svid_kty(kty) {
-        // §4.2.1: an unknown or unsupported kty MUST be ignored in a SPIFFE bundle.
+        // §4.1.3/§4.2.1: an unknown key type MUST be ignored in a SPIFFE bundle; for the
+        // jwt-svid use, a kty no JWT-SVID algorithm can use (OKP, oct) counts as unknown.
         // A plain JWKS has no such rule; java-spiffe refuses it, and so do we.
         if skip_unknown_kty {
             return Ok(None);
@@ -328,7 +330,8 @@ fn jwt_entry(
             reason: format!("key type {} is not used by JWT-SVIDs", truncate(kty, 16)),
         });
     }
-    // JWT-SVID §6.1: every JWT authority carries a kid; tokens select keys by it.
+    // Every JWT authority carries a kid (go-spiffe, java-spiffe; the corpus strict
+    // profile); tokens select keys by it and we require kid on tokens too.
     let kid = match jwk.get("kid").and_then(Value::as_str) {
         Some(k) if !k.is_empty() => k,
         _ => return Err(BundleError::MissingKid { index }),

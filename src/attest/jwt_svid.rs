@@ -1,9 +1,9 @@
 //! JWT-SVID verification (SPIFFE JWT-SVID spec, RFC 7519, RFC 8725, contract §2).
 //!
 //! Order of checks: structure and header (alg, typ, kid) → `sub` as a workload SPIFFE ID
-//! → the bundle of **that** trust domain only (JWT-SVID §6: a token is trusted by the
-//! authorities of its own trust domain, never by another one's key that happens to share
-//! a kid) → the key by kid → signature → `exp`/`nbf`/`iat` against `now` with leeway →
+//! → the bundle of **that** trust domain only (Trust Domain and Bundle §3: validators
+//! choose the bundle of the trust domain the SVID resides in; contract §2; never another
+//! trust domain's key that happens to share a kid) → the key by kid → signature → `exp`/`nbf`/`iat` against `now` with leeway →
 //! `aud`. `sub` is read before the signature is checked because it selects the bundle;
 //! nothing else from the unverified payload is trusted.
 //!
@@ -33,7 +33,7 @@ impl std::fmt::Debug for JwtSvidVerifier {
     }
 }
 
-/// JWT-SVID §3: "alg" MUST be one of RS256/384/512, ES256/384/512, PS256/384/512,
+/// JWT-SVID §2.1: "alg" MUST be one of RS256/384/512, ES256/384/512, PS256/384/512,
 /// whatever the bundle key could verify. EdDSA, HMAC and `none` are out.
 fn alg_allowed(alg: Alg) -> bool {
     !matches!(alg, Alg::EdDsa)
@@ -87,7 +87,7 @@ impl JwtSvidVerifier {
         {
             return Err(AttestError::BadTyp);
         }
-        // The spec makes kid optional; go-spiffe requires it, and without it we would
+        // JWT-SVID §2.2 makes kid optional; go-spiffe requires it, and without it we would
         // have to try every key of the bundle.
         let kid = jws.kid.as_deref().ok_or(AttestError::NoKid)?;
         let sub = match jws.unverified_claims.get("sub") {
@@ -96,7 +96,7 @@ impl JwtSvidVerifier {
             None => return Err(AttestError::NoSubject),
         };
         let id = SpiffeId::parse(sub).map_err(AttestError::NotASpiffeId)?;
-        // JWT-SVID §2.2: sub is the SPIFFE ID of the workload; the bare trust-domain
+        // JWT-SVID §3.1: sub is the SPIFFE ID of the workload; the bare trust-domain
         // ID names no workload (as for an X509-SVID leaf), so it is refused.
         if id.path().is_empty() {
             return Err(AttestError::SubjectNotWorkload);
@@ -132,7 +132,7 @@ impl JwtSvidVerifier {
         claims: &Map<String, Value>,
         now: UnixSeconds,
     ) -> Result<UnixSeconds, AttestError> {
-        // JWT-SVID §3: exp is REQUIRED. Fractional NumericDates are rounded towards the
+        // JWT-SVID §3.3/§4: exp is REQUIRED. Fractional NumericDates are rounded towards the
         // stricter side: exp down, nbf/iat up.
         let exp = numeric_date(claims, "exp", f64::floor)?.ok_or(AttestError::MissingExp)?;
         if now >= exp.saturating_add(self.leeway) {
@@ -171,7 +171,7 @@ fn numeric_date(
     }
 }
 
-/// JWT-SVID §3: aud is REQUIRED (a string or an array of strings) and the validator
+/// JWT-SVID §3.2: aud is REQUIRED (a string or an array of strings) and the validator
 /// MUST reject a token that does not name it.
 fn check_audience(claims: &Map<String, Value>, accepted: &[String]) -> Result<(), AttestError> {
     let hit = |a: &str| accepted.iter().any(|x| x == a);

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 /// Why a credential was not accepted. Variants name the failed check; messages never
-/// contain the token (RFC 8725 §3.x / contract §2: error descriptions reveal no token).
+/// contain the token (contract §2: error descriptions never reveal the token).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AttestError {
     #[error("malformed token: {0}")]
