@@ -1,5 +1,6 @@
 //! Tessera: a security token service for workloads.
 
+pub mod attest;
 pub mod clock;
 pub mod domain;
 pub mod jose;

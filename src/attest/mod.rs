@@ -1,0 +1,365 @@
+//! Attestation: turns a presented credential into a `VerifiedIdentity`, the only place
+//! that may build one (it holds the `VerifierProof` seal).
+//!
+//! Owns SPIFFE trust bundles (`bundle`), the `BundleSource` seam that serves them, and
+//! the JWT-SVID verifier (`jwt_svid`). Imports only `crate::domain`, `crate::clock` and
+//! `crate::jose`; never policy, mint, revocation or service.
+
+pub mod bundle;
+pub mod jwt_svid;
+
+pub use bundle::{
+    BundleError, TrustBundle, parse_jwks, parse_spiffe_bundle, parse_x509_der, parse_x509_pem,
+};
+pub use jwt_svid::JwtSvidVerifier;
+
+use crate::domain::{SpiffeIdError, TrustDomain};
+use crate::jose::JoseError;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Why a credential was not accepted. Variants name the failed check; messages never
+/// contain the token (contract §2: error descriptions never reveal the token).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttestError {
+    #[error("malformed token: {0}")]
+    Malformed(JoseError),
+    #[error("algorithm {0:?} is not allowed for JWT-SVIDs")]
+    AlgNotAllowed(String),
+    #[error("token algorithm does not fit the trust bundle key")]
+    AlgKeyMismatch,
+    #[error("token typ must be JWT or JOSE")]
+    BadTyp,
+    #[error("token header has no kid")]
+    NoKid,
+    #[error("token has no sub claim")]
+    NoSubject,
+    #[error("sub is not a SPIFFE ID: {0}")]
+    NotASpiffeId(SpiffeIdError),
+    #[error("sub is a trust domain ID, not a workload SPIFFE ID")]
+    SubjectNotWorkload,
+    #[error("no trust bundle for trust domain {0}")]
+    UnknownTrustDomain(TrustDomain),
+    #[error("no key with the token's kid in the bundle of trust domain {0}")]
+    UnknownKid(TrustDomain),
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("token has no exp claim")]
+    MissingExp,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not yet valid (nbf)")]
+    NotYetValid,
+    #[error("token was issued in the future (iat)")]
+    IssuedInFuture,
+    #[error("token has no aud claim")]
+    MissingAud,
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    #[error("claim {0} has the wrong type")]
+    InvalidClaim(&'static str),
+}
+
+impl AttestError {
+    /// Short machine-readable reason for audit events and metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::AlgNotAllowed(_) => "alg_not_allowed",
+            Self::AlgKeyMismatch => "alg_key_mismatch",
+            Self::BadTyp => "bad_typ",
+            Self::NoKid => "no_kid",
+            Self::NoSubject => "no_subject",
+            Self::NotASpiffeId(_) => "not_a_spiffe_id",
+            Self::SubjectNotWorkload => "subject_not_workload",
+            Self::UnknownTrustDomain(_) => "unknown_trust_domain",
+            Self::UnknownKid(_) => "unknown_kid",
+            Self::BadSignature => "bad_signature",
+            Self::MissingExp => "missing_exp",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::IssuedInFuture => "issued_in_future",
+            Self::MissingAud => "missing_aud",
+            Self::WrongAudience => "wrong_audience",
+            Self::InvalidClaim(_) => "invalid_claim",
+        }
+    }
+}
+
+/// Where verifiers get the bundle of a trust domain (rust-spiffe `BundleSource`).
+/// Lookups are by exact trust domain: a verifier never searches other bundles.
+pub trait BundleSource: Send + Sync {
+    fn bundle(&self, td: &TrustDomain) -> Option<Arc<TrustBundle>>;
+}
+
+/// A fixed set of bundles, for tests and the CLI.
+#[derive(Debug, Default, Clone)]
+pub struct StaticBundles(pub HashMap<TrustDomain, Arc<TrustBundle>>);
+
+impl StaticBundles {
+    pub fn new(bundles: impl IntoIterator<Item = TrustBundle>) -> Self {
+        Self(
+            bundles
+                .into_iter()
+                .map(|b| (b.trust_domain.clone(), Arc::new(b)))
+                .collect(),
+        )
+    }
+}
+
+impl BundleSource for StaticBundles {
+    fn bundle(&self, td: &TrustDomain) -> Option<Arc<TrustBundle>> {
+        self.0.get(td).cloned()
+    }
+}
+
+/// Outcome of `FileBundles::reload`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub loaded: Vec<TrustDomain>,
+    /// Trust domains whose file could not be loaded, with the reason; each keeps serving
+    /// its last good bundle.
+    pub failed: Vec<(TrustDomain, String)>,
+}
+
+/// Readiness of a bundle source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BundleStatus {
+    pub configured: usize,
+    /// Configured trust domains without any bundle (not ready while non-empty).
+    pub missing: Vec<TrustDomain>,
+    /// Trust domains whose last reload failed and that serve an older bundle.
+    pub stale: Vec<TrustDomain>,
+}
+
+impl BundleStatus {
+    pub fn is_ready(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+type BundleMap = HashMap<TrustDomain, Arc<TrustBundle>>;
+
+/// Bundles read from `[[trust_domain]] bundle_file` entries (contract §4): one SPIFFE
+/// bundle document per file. Loaded at start (a bad file stops start-up, naming it) and
+/// swapped in place on `reload` (architecture habit 15) without blocking readers.
+pub struct FileBundles {
+    entries: Vec<(TrustDomain, PathBuf)>,
+    current: ArcSwap<BundleMap>,
+    /// Serialises reloads and remembers which domains are stale.
+    reload_state: Mutex<Vec<TrustDomain>>,
+}
+
+impl std::fmt::Debug for FileBundles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileBundles")
+            .field("entries", &self.entries)
+            .finish_non_exhaustive()
+    }
+}
+
+fn load_file(td: &TrustDomain, path: &std::path::Path) -> Result<TrustBundle, BundleError> {
+    let wrap = |source: BundleError| BundleError::File {
+        path: path.to_path_buf(),
+        trust_domain: td.clone(),
+        source: Box::new(source),
+    };
+    let meta = std::fs::metadata(path).map_err(|source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.len() > bundle::MAX_BUNDLE_BYTES as u64 {
+        return Err(wrap(BundleError::TooLarge));
+    }
+    let bytes = std::fs::read(path).map_err(|source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_spiffe_bundle(td, &bytes).map_err(wrap)
+}
+
+impl FileBundles {
+    /// Loads every configured file; any failure is returned and names the file.
+    /// A trust domain configured twice is an error (one trust domain, one bundle).
+    pub fn load(entries: Vec<(TrustDomain, PathBuf)>) -> Result<Self, BundleError> {
+        let mut map = BundleMap::with_capacity(entries.len());
+        for (td, path) in &entries {
+            if map.contains_key(td) {
+                return Err(BundleError::DuplicateTrustDomain(td.clone()));
+            }
+            map.insert(td.clone(), Arc::new(load_file(td, path)?));
+        }
+        Ok(Self {
+            entries,
+            current: ArcSwap::from_pointee(map),
+            reload_state: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Re-reads every file. A file that fails keeps the last good bundle of its trust
+    /// domain (a broken deploy must not revoke a whole trust domain) and is reported.
+    /// Blocking file I/O: call from a blocking-capable task.
+    pub fn reload(&self) -> ReloadReport {
+        let mut stale = self
+            .reload_state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next: BundleMap = (**self.current.load()).clone();
+        let mut report = ReloadReport::default();
+        stale.clear();
+        for (td, path) in &self.entries {
+            match load_file(td, path) {
+                Ok(b) => {
+                    next.insert(td.clone(), Arc::new(b));
+                    report.loaded.push(td.clone());
+                }
+                Err(e) => {
+                    if next.contains_key(td) {
+                        stale.push(td.clone());
+                    }
+                    report.failed.push((td.clone(), e.to_string()));
+                }
+            }
+        }
+        self.current.store(Arc::new(next));
+        report
+    }
+
+    pub fn status(&self) -> BundleStatus {
+        let map = self.current.load();
+        let stale = self
+            .reload_state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        BundleStatus {
+            configured: self.entries.len(),
+            missing: self
+                .entries
+                .iter()
+                .filter(|(td, _)| !map.contains_key(td))
+                .map(|(td, _)| td.clone())
+                .collect(),
+            stale,
+        }
+    }
+
+    /// The configured trust domains, in configuration order.
+    pub fn trust_domains(&self) -> impl Iterator<Item = &TrustDomain> {
+        self.entries.iter().map(|(td, _)| td)
+    }
+}
+
+impl BundleSource for FileBundles {
+    fn bundle(&self, td: &TrustDomain) -> Option<Arc<TrustBundle>> {
+        self.current.load().get(td).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(kids: &[&str]) -> String {
+        let keys: Vec<_> = kids
+            .iter()
+            .map(|kid| {
+                json!({"use": "jwt-svid", "kty": "EC", "crv": "P-256", "kid": kid,
+                    "x": "ngLYQnlfF6GsojUwqtcEE3WgTNG2RUlsGhK73RNEl5k",
+                    "y": "tKbiDSUSsQ3F1P7wteeHNXIcU-cx6CgSbroeQrQHTLM"})
+            })
+            .collect();
+        json!({"keys": keys}).to_string()
+    }
+
+    fn td(s: &str) -> TrustDomain {
+        TrustDomain::parse(s).unwrap()
+    }
+
+    fn kids(src: &dyn BundleSource, d: &str) -> Option<Vec<String>> {
+        src.bundle(&td(d)).map(|b| b.jwt_kids())
+    }
+
+    #[test]
+    fn reload_swaps_good_files_and_keeps_the_last_good_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pa, pb) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        std::fs::write(&pa, doc(&["a1"])).unwrap();
+        std::fs::write(&pb, doc(&["b1"])).unwrap();
+        let fb =
+            FileBundles::load(vec![(td("a.org"), pa.clone()), (td("b.org"), pb.clone())]).unwrap();
+        assert_eq!(kids(&fb, "a.org"), Some(vec!["a1".to_owned()]));
+        assert_eq!(kids(&fb, "c.org"), None);
+        assert!(fb.status().is_ready());
+        let held = fb.bundle(&td("a.org")).unwrap();
+
+        // a.org rotates, b.org's file breaks.
+        std::fs::write(&pa, doc(&["a1", "a2"])).unwrap();
+        std::fs::write(&pb, "{\"keys\": [").unwrap();
+        let report = fb.reload();
+        assert_eq!(report.loaded, vec![td("a.org")]);
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!(report.failed[0].0, td("b.org"));
+        assert!(
+            report.failed[0].1.contains("b.json"),
+            "{}",
+            report.failed[0].1
+        );
+        assert_eq!(
+            kids(&fb, "a.org"),
+            Some(vec!["a1".to_owned(), "a2".to_owned()])
+        );
+        assert_eq!(kids(&fb, "b.org"), Some(vec!["b1".to_owned()]));
+        let status = fb.status();
+        assert!(status.is_ready());
+        assert_eq!(status.stale, vec![td("b.org")]);
+        // Readers holding the old bundle keep a consistent view.
+        assert_eq!(held.jwt_kids(), vec!["a1".to_owned()]);
+
+        // A deleted file also keeps the last good bundle; a fixed one clears staleness.
+        std::fs::remove_file(&pb).unwrap();
+        assert_eq!(fb.reload().failed[0].0, td("b.org"));
+        assert_eq!(kids(&fb, "b.org"), Some(vec!["b1".to_owned()]));
+        std::fs::write(&pb, doc(&[])).unwrap();
+        let report = fb.reload();
+        assert!(report.failed.is_empty());
+        assert_eq!(kids(&fb, "b.org"), Some(vec![]));
+        assert!(fb.status().stale.is_empty());
+    }
+
+    #[test]
+    fn load_fails_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.json");
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&good, doc(&["k"])).unwrap();
+        std::fs::write(&bad, "{}").unwrap();
+        let err = FileBundles::load(vec![(td("a.org"), good.clone()), (td("b.org"), bad)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.json") && err.contains("keys"), "{err}");
+        let missing = dir.path().join("missing.json");
+        let err = FileBundles::load(vec![(td("a.org"), missing)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.json"), "{err}");
+        let err =
+            FileBundles::load(vec![(td("a.org"), good.clone()), (td("a.org"), good)]).unwrap_err();
+        assert!(matches!(err, BundleError::DuplicateTrustDomain(_)));
+    }
+
+    #[test]
+    fn static_bundles_and_reasons() {
+        let b = parse_spiffe_bundle(&td("a.org"), doc(&["k"]).as_bytes()).unwrap();
+        let s = StaticBundles::new([b]);
+        assert_eq!(kids(&s, "a.org"), Some(vec!["k".to_owned()]));
+        assert_eq!(AttestError::Expired.reason(), "expired");
+        assert_eq!(
+            AttestError::UnknownTrustDomain(td("x.org")).to_string(),
+            "no trust bundle for trust domain x.org"
+        );
+    }
+}
