@@ -223,10 +223,10 @@ impl<'a> UnverifiedJws<'a> {
                 .unwrap_or("?");
             return Err(JoseError::Crit(truncate(first, 32)));
         }
-        if let Some(cty) = header.get("cty").and_then(Value::as_str) {
-            if cty.eq_ignore_ascii_case("JWT") {
-                return Err(JoseError::Nested);
-            }
+        if let Some(cty) = header.get("cty").and_then(Value::as_str)
+            && cty.eq_ignore_ascii_case("JWT")
+        {
+            return Err(JoseError::Nested);
         }
         let kid = match header.get("kid") {
             Some(Value::String(k)) => Some(k.clone()),
@@ -372,13 +372,13 @@ impl VerifyingKey {
             }
         };
         let key = Self { kind, pinned_alg };
-        if let Some(a) = pinned_alg {
-            if !key.fits(a) {
-                return Err(JoseError::BadKey(format!(
-                    "alg {} does not fit the key type",
-                    a.as_str()
-                )));
-            }
+        if let Some(a) = pinned_alg
+            && !key.fits(a)
+        {
+            return Err(JoseError::BadKey(format!(
+                "alg {} does not fit the key type",
+                a.as_str()
+            )));
         }
         Ok(key)
     }

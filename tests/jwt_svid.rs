@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 //! Positive and negative JWT-SVID tests with tokens minted here (the conformance corpus
 //! has no verifiable JWT-SVIDs: upstream mints them at runtime too). Only the public API.
 

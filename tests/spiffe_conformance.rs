@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 //! Data-driven run of the shared SPIFFE conformance corpus
 //! (`../shared/conformance/spiffe/cases.json`, see its README) under the strict profile:
 //! `expected` is checked, `alt_expected` ignored. `x509-svid` cases are out of scope for

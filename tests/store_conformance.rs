@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 //! The revocation conformance suite against the embedded (redb) store, plus what only an
 //! on-disk store has to prove: state survives a reopen and a `kill -9`.
 

@@ -1,0 +1,238 @@
+//! Wiring: the one place that reads the configuration, picks the concrete backends,
+//! builds the service and starts the listeners. Tests call `start` with listeners bound
+//! to port 0; `main` calls `run`.
+
+pub mod dev;
+
+use crate::attest::FileBundles;
+use crate::audit::{AuditSink, JsonLines};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Settings;
+use crate::http::{self, server};
+use crate::mint::Minter;
+use crate::mint::keys::KeyRing;
+use crate::policy::CompiledPolicy;
+use crate::revocation::embedded::EmbeddedStore;
+use crate::service::{Service, ServiceParts};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(String),
+    #[error("policy {0}")]
+    Policy(String),
+    #[error("trust bundles: {0}")]
+    Bundles(String),
+    #[error("signing keys: {0}")]
+    Keys(String),
+    #[error("store: {0}")]
+    Store(String),
+    #[error("{0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {cause}")]
+    Bind { addr: SocketAddr, cause: String },
+    #[error("audit: {0}")]
+    Audit(String),
+}
+
+/// Builds the service from checked settings: keys, bundles, policy, store, audit.
+pub async fn build_service(
+    settings: Settings,
+    clock: SharedClock,
+    audit_sink: Option<Arc<dyn AuditSink>>,
+) -> Result<Arc<Service>, AppError> {
+    let now = clock.now();
+    let policy =
+        CompiledPolicy::load(&settings.policy_file).map_err(|e| AppError::Policy(e.to_string()))?;
+    let bundles = Arc::new(
+        FileBundles::load(settings.trust_domains.clone())
+            .map_err(|e| AppError::Bundles(e.to_string()))?,
+    );
+    let retain = settings.max_ttl + settings.leeway;
+    let keys = Arc::new(
+        KeyRing::open(&settings.key_dir, settings.signing_alg, retain, now)
+            .map_err(|e| AppError::Keys(e.to_string()))?,
+    );
+    let store = Arc::new(
+        EmbeddedStore::open(&settings.store_path).map_err(|e| AppError::Store(e.to_string()))?,
+    );
+    let admin_token_sha256 = match &settings.admin_token_hash_file {
+        Some(p) => Some(crate::service::admin::read_token_hash(p).map_err(AppError::Config)?),
+        None => None,
+    };
+    let audit_sink: Arc<dyn AuditSink> = match (audit_sink, &settings.audit_file) {
+        (Some(s), _) => s,
+        (None, Some(path)) => Arc::new(
+            JsonLines::file(path)
+                .map_err(|e| AppError::Audit(format!("audit.file {}: {e}", path.display())))?,
+        ),
+        (None, None) => Arc::new(JsonLines::stdout()),
+    };
+    Ok(Service::new(ServiceParts {
+        minter: Minter::new(settings.issuer.clone(), keys),
+        clock,
+        bundles,
+        revocations: store.clone(),
+        inventory: store.clone(),
+        audit_tail: store,
+        audit_sink,
+        policy,
+        admin_token_sha256,
+        settings,
+    }))
+}
+
+/// A started server; dropping it does not stop it, `shutdown` does.
+pub struct Running {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub service: Arc<Service>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests, stops background tasks.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Starts both listeners and the background tasks (expiry purge, scheduled rotation).
+pub fn start(
+    public: TcpListener,
+    admin: TcpListener,
+    service: Arc<Service>,
+) -> Result<Running, AppError> {
+    let s = service.settings();
+    let tls = match &s.tls {
+        Some(files) => Some(
+            server::tls_config(&files.cert, &files.key)
+                .map_err(|e| AppError::Tls(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let addr = |l: &TcpListener| {
+        l.local_addr().map_err(|e| AppError::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            cause: e.to_string(),
+        })
+    };
+    let (public_addr, admin_addr) = (addr(&public)?, addr(&admin)?);
+    let (stop, rx) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(server::serve(
+            public,
+            tls.clone(),
+            http::public_router(service.clone()),
+            stopped(rx.clone()),
+        )),
+        tokio::spawn(server::serve(
+            admin,
+            tls,
+            http::admin_router(service.clone()),
+            stopped(rx.clone()),
+        )),
+        tokio::spawn(maintenance(service.clone(), rx)),
+    ];
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        service,
+        stop,
+        tasks,
+    })
+}
+
+/// Purges expired store entries and rotates keys when due.
+async fn maintenance(svc: Arc<Service>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = svc.now();
+        if let Err(e) = svc.revocations.purge_expired(now).await {
+            tracing::warn!(error = %e, "purge of expired entries failed");
+        }
+        let s = svc.settings();
+        let keys = svc.minter().keys();
+        if keys.rotation_due(now, s.rotate_every, s.prepublish) {
+            match keys.rotate(now) {
+                Ok(()) => tracing::info!("signing key rotated on schedule"),
+                Err(e) => tracing::error!(error = %e, "scheduled key rotation failed"),
+            }
+        }
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr).await.map_err(|e| AppError::Bind {
+        addr,
+        cause: e.to_string(),
+    })
+}
+
+/// Runs until SIGINT/SIGTERM; SIGHUP reloads policy and trust bundles.
+pub async fn run(settings: Settings) -> Result<(), AppError> {
+    let (public_listen, admin_listen) = (settings.public_listen, settings.admin_listen);
+    let service = build_service(settings, Arc::new(SystemClock), None).await?;
+    let public = bind(public_listen).await?;
+    let admin = bind(admin_listen).await?;
+    let running = start(public, admin, service.clone())?;
+    let scheme = if service.settings().tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(
+        public = %format!("{scheme}://{}", running.public_addr),
+        admin = %format!("{scheme}://{}", running.admin_addr),
+        issuer = %service.settings().issuer,
+        "tessera listening"
+    );
+    eprintln!(
+        "tessera: public {scheme}://{}  admin {scheme}://{}",
+        running.public_addr, running.admin_addr
+    );
+    wait_for_stop(&service).await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.shutdown().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_stop(service: &Arc<Service>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => match service.reload() {
+                Ok(o) => tracing::info!(rules = o.rules, bundles_failed = o.bundles_failed.len(), "reloaded on SIGHUP"),
+                Err(e) => tracing::error!(error = %e, "reload on SIGHUP refused; keeping the running policy"),
+            },
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Audit events (contract §8): one JSON object per request on every exit path, written
+//! as a line to stdout or a file. Events carry a jti or a token hash, never a token,
+//! assertion or secret. Imports only `clock`.
+
+use crate::clock::{UnixSeconds, rfc3339};
+use serde::Serialize;
+use std::io::Write;
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+}
+
+/// One audit record. Absent fields are omitted from the JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    #[serde(serialize_with = "ser_ts")]
+    pub ts: UnixSeconds,
+    pub event: &'static str,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer_kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+fn ser_ts<S: serde::Serializer>(ts: &UnixSeconds, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*ts))
+}
+
+impl AuditEvent {
+    /// A failure event; the request path fills in what it learns and flips the outcome
+    /// when it succeeds, so an early return still reports a failure.
+    pub fn begin(event: &'static str, ts: UnixSeconds) -> Self {
+        Self {
+            ts,
+            event,
+            outcome: Outcome::Failure,
+            subject: None,
+            issuer_kind: None,
+            audience: None,
+            scope: None,
+            jti: None,
+            rule: None,
+            reason: None,
+            remote_addr: None,
+            request_id: None,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+/// Where audit lines go.
+pub trait AuditSink: Send + Sync + 'static {
+    fn emit(&self, event: &AuditEvent);
+}
+
+/// JSON lines on any writer (stdout, a file, or a buffer in tests).
+pub struct JsonLines {
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl JsonLines {
+    pub fn stdout() -> Self {
+        Self::new(Box::new(std::io::stdout()))
+    }
+    pub fn file(path: &std::path::Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self::new(Box::new(f)))
+    }
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self {
+            out: Mutex::new(out),
+        }
+    }
+}
+
+impl AuditSink for JsonLines {
+    fn emit(&self, event: &AuditEvent) {
+        let mut line = event.to_json();
+        line.push('\n');
+        let mut out = self
+            .out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // An audit write failure must not fail the request; it is reported on stderr.
+        if out
+            .write_all(line.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            tracing::error!("audit write failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_fields_are_omitted_and_ts_is_rfc3339() {
+        let mut ev = AuditEvent::begin("token.issued", 0);
+        ev.jti = Some("abc".into());
+        ev.outcome = Outcome::Success;
+        let v: serde_json::Value = serde_json::from_str(&ev.to_json()).unwrap();
+        assert_eq!(v["ts"], "1970-01-01T00:00:00Z");
+        assert_eq!(v["outcome"], "success");
+        assert_eq!(v["jti"], "abc");
+        assert!(v.get("subject").is_none());
+    }
+}

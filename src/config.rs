@@ -1,0 +1,635 @@
+//! Configuration (contract §4): one TOML file, a `TESSERA_<SECTION>__<KEY>` environment
+//! overlay, unknown keys refused, and `validate()` turning the raw file into checked
+//! `Settings`. Every error names the key and says how to fix it.
+
+use crate::domain::{TrustDomain, parse_duration};
+use crate::jose::SigningAlg;
+use crate::policy::SpiffePattern;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Hard ceiling on any token lifetime (contract §2).
+pub const HARD_MAX_TTL: u64 = 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: String, cause: String },
+    #[error("config file {path}: {cause}")]
+    Parse { path: String, cause: String },
+    #[error("config key `{key}`: {problem}")]
+    Key { key: String, problem: String },
+}
+
+fn key_err(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub issuer: Option<String>,
+    pub policy_file: Option<PathBuf>,
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub tokens: TokensSection,
+    #[serde(default)]
+    pub signing: SigningSection,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub trust_domain: Vec<TrustDomainSection>,
+    #[serde(default)]
+    pub oidc_issuer: Vec<OidcIssuerSection>,
+    #[serde(default)]
+    pub introspection: IntrospectionSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+    #[serde(default)]
+    pub spiffe: SpiffeSection,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub listen: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub allowed: Vec<String>,
+    pub token_hash_file: Option<PathBuf>,
+    #[serde(default)]
+    pub metrics_auth: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokensSection {
+    pub default_ttl: Option<String>,
+    pub max_ttl: Option<String>,
+    pub leeway: Option<String>,
+    #[serde(default)]
+    pub accept_audiences: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSection {
+    pub algorithm: Option<String>,
+    pub key_dir: Option<PathBuf>,
+    pub rotate_every: Option<String>,
+    pub prepublish: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub backend: Option<String>,
+    pub redis_url: Option<String>,
+    pub key_prefix: Option<String>,
+    pub path: Option<PathBuf>,
+    pub min_replicas_ack: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustDomainSection {
+    pub name: String,
+    pub bundle_file: Option<PathBuf>,
+    pub workload_api: Option<String>,
+    pub bundle_endpoint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuerSection {
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub jwks_uri: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub leeway: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionSection {
+    #[serde(default)]
+    pub allowed: Vec<String>,
+    #[serde(default)]
+    pub client: Vec<StaticClientSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticClientSection {
+    pub id: String,
+    pub secret_hash: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub per_identity: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SpiffeSection {
+    pub workload_api: Option<String>,
+}
+
+/// The checked configuration the rest of the program runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub issuer: String,
+    pub policy_file: PathBuf,
+    pub public_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// `None` only in dev mode (plain HTTP on loopback).
+    pub tls: Option<TlsFiles>,
+    pub admin_allowed: Vec<SpiffePattern>,
+    pub admin_token_hash_file: Option<PathBuf>,
+    pub metrics_auth: bool,
+    pub default_ttl: u64,
+    pub max_ttl: u64,
+    pub leeway: u64,
+    pub accept_audiences: Vec<String>,
+    pub signing_alg: SigningAlg,
+    pub key_dir: PathBuf,
+    pub rotate_every: u64,
+    pub prepublish: u64,
+    pub store_path: PathBuf,
+    pub trust_domains: Vec<(TrustDomain, PathBuf)>,
+    pub introspection_allowed: Vec<SpiffePattern>,
+    pub introspection_clients: Vec<StaticClient>,
+    /// Token requests per second per subject (burst = 2x).
+    pub per_identity_limit: Option<u32>,
+    pub audit_file: Option<PathBuf>,
+    pub dev_mode: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct StaticClient {
+    pub id: String,
+    /// PHC string of an argon2id hash; never the secret itself.
+    pub secret_hash: String,
+}
+
+impl std::fmt::Debug for StaticClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StaticClient({}, <hash>)", self.id)
+    }
+}
+
+/// Reads `path`, applies the environment overlay from `env`, and validates.
+pub fn load(path: &Path, env: &[(String, String)]) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        cause: e.to_string(),
+    })?;
+    let file = parse(&text, env).map_err(|cause| ConfigError::Parse {
+        path: path.display().to_string(),
+        cause,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    file.validate(base)
+}
+
+/// Parses TOML text with the environment overlay applied.
+pub fn parse(text: &str, env: &[(String, String)]) -> Result<FileConfig, String> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    apply_env(&mut table, env)?;
+    FileConfig::deserialize(toml::Value::Table(table))
+        .map_err(|e| e.to_string().trim().replace('\n', " "))
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &["issuer", "policy_file"];
+/// Arrays of tables come from the file only (contract §4).
+const FILE_ONLY_SECTIONS: &[&str] = &["trust_domain", "oidc_issuer"];
+
+/// `TESSERA_<SECTION>__<KEY>` overrides `[section] key`; `TESSERA_<KEY>` overrides a
+/// top-level key. Values are read as TOML (`["a","b"]`, `true`, `5`) when they parse as
+/// such, else as a plain string. Other `TESSERA_*` variables (e.g. `TESSERA_LOG`) are not
+/// configuration and are left alone.
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), String> {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("TESSERA_") else {
+            continue;
+        };
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        match rest.split_once("__") {
+            Some((section, key)) => {
+                let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+                if FILE_ONLY_SECTIONS.contains(&section.as_str()) {
+                    return Err(format!(
+                        "{name}: [[{section}]] entries can only be set in the config file"
+                    ));
+                }
+                let entry = table
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                match entry {
+                    toml::Value::Table(t) => {
+                        t.insert(key, value);
+                    }
+                    _ => return Err(format!("{name}: `{section}` is not a section")),
+                }
+            }
+            None => {
+                let key = rest.to_ascii_lowercase();
+                if TOP_LEVEL_KEYS.contains(&key.as_str()) {
+                    table.insert(key, value);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn duration(key: &str, v: &Option<String>, default: &str) -> Result<u64, ConfigError> {
+    let s = v.as_deref().unwrap_or(default);
+    parse_duration(s).map_err(|e| key_err(key, e.to_string()))
+}
+
+fn socket(key: &str, v: &Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let s = v.as_deref().unwrap_or(default);
+    s.parse().map_err(|_| {
+        key_err(
+            key,
+            format!("{s:?} is not an address; write IP:PORT, e.g. \"0.0.0.0:8443\""),
+        )
+    })
+}
+
+fn patterns(key: &str, list: &[String]) -> Result<Vec<SpiffePattern>, ConfigError> {
+    list.iter()
+        .map(|p| SpiffePattern::parse(p).map_err(|e| key_err(key, e.to_string())))
+        .collect()
+}
+
+/// Parses a rate like `"50/s"` or `"600/m"` into requests per second (at least 1).
+pub fn parse_rate(s: &str) -> Result<u32, String> {
+    let bad = || format!("{s:?} is not a rate; write e.g. \"50/s\" or \"600/m\"");
+    let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    let per_sec = match unit.trim() {
+        "s" => n,
+        "m" => n.div_ceil(60),
+        "h" => n.div_ceil(3600),
+        _ => return Err(bad()),
+    };
+    if n == 0 {
+        return Err(format!("{s:?}: the rate must be above zero"));
+    }
+    Ok(per_sec.max(1))
+}
+
+impl FileConfig {
+    /// Checks every key; relative paths are resolved against `base` (the config file's
+    /// directory) so a service can be started from any working directory.
+    pub fn validate(self, base: &Path) -> Result<Settings, ConfigError> {
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let issuer = self
+            .issuer
+            .ok_or_else(|| key_err("issuer", "missing; set it to this server's public URL, e.g. issuer = \"https://sts.example.org\" (before the first [section])"))?;
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+            || issuer.ends_with('/')
+        {
+            return Err(key_err(
+                "issuer",
+                format!(
+                    "{issuer:?} must be an http(s) URL without a trailing slash, e.g. \"https://sts.example.org\""
+                ),
+            ));
+        }
+        let policy_file = resolve(self.policy_file.ok_or_else(|| {
+            key_err("policy_file", "missing; point it at the policy TOML, e.g. policy_file = \"/etc/tessera/policy.toml\"")
+        })?);
+        let tls = match (self.server.tls_cert, self.server.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: resolve(cert),
+                key: resolve(key),
+            }),
+            (None, None) => {
+                if self.spiffe.workload_api.is_some() {
+                    return Err(key_err(
+                        "spiffe.workload_api",
+                        "serving with the Workload API SVID is not available yet; set server.tls_cert and server.tls_key",
+                    ));
+                }
+                return Err(key_err(
+                    "server.tls_cert",
+                    "missing; set server.tls_cert and server.tls_key to PEM files (plain HTTP exists only in `tessera serve --dev`)",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(key_err(
+                    "server.tls_key",
+                    "missing; tls_cert needs its tls_key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(key_err(
+                    "server.tls_cert",
+                    "missing; tls_key needs its tls_cert",
+                ));
+            }
+        };
+        let default_ttl = duration("tokens.default_ttl", &self.tokens.default_ttl, "5m")?;
+        let max_ttl = duration("tokens.max_ttl", &self.tokens.max_ttl, "15m")?;
+        let leeway = duration("tokens.leeway", &self.tokens.leeway, "30s")?;
+        if max_ttl == 0 || max_ttl > HARD_MAX_TTL {
+            return Err(key_err(
+                "tokens.max_ttl",
+                "must be between 1s and 1h (the hard ceiling)",
+            ));
+        }
+        if default_ttl == 0 || default_ttl > max_ttl {
+            return Err(key_err(
+                "tokens.default_ttl",
+                "must be above zero and at most tokens.max_ttl",
+            ));
+        }
+        if leeway > 300 {
+            return Err(key_err(
+                "tokens.leeway",
+                "must be at most 5m; clocks that far apart need fixing, not tolerating",
+            ));
+        }
+        let algorithm = self.signing.algorithm.as_deref().unwrap_or("ES256");
+        let signing_alg = SigningAlg::parse(algorithm).ok_or_else(|| {
+            key_err(
+                "signing.algorithm",
+                format!("{algorithm:?} is not supported; use \"ES256\", \"EdDSA\" or \"RS256\""),
+            )
+        })?;
+        let key_dir = resolve(self.signing.key_dir.ok_or_else(|| {
+            key_err(
+                "signing.key_dir",
+                "missing; set a directory for the signing keys, e.g. \"/var/lib/tessera/keys\"",
+            )
+        })?);
+        let rotate_every = duration("signing.rotate_every", &self.signing.rotate_every, "24h")?;
+        let prepublish = duration("signing.prepublish", &self.signing.prepublish, "1h")?;
+        if prepublish == 0 || rotate_every < 2 * prepublish.max(max_ttl) {
+            return Err(key_err(
+                "signing.rotate_every",
+                "must be at least twice signing.prepublish and twice tokens.max_ttl, so keys overlap safely",
+            ));
+        }
+        let backend = self.store.backend.as_deref().unwrap_or("embedded");
+        let store_path = match backend {
+            "embedded" => resolve(self.store.path.ok_or_else(|| {
+                key_err(
+                    "store.path",
+                    "missing; set the embedded store file, e.g. \"/var/lib/tessera/store\"",
+                )
+            })?),
+            "redis" => {
+                return Err(key_err(
+                    "store.backend",
+                    "\"redis\" is not available in this build yet; use \"embedded\" with store.path",
+                ));
+            }
+            other => {
+                return Err(key_err(
+                    "store.backend",
+                    format!("{other:?} is unknown; use \"embedded\" or \"redis\""),
+                ));
+            }
+        };
+        let mut trust_domains = Vec::new();
+        for (i, td) in self.trust_domain.into_iter().enumerate() {
+            let key = format!("trust_domain[{i}]");
+            let name = TrustDomain::parse(&td.name)
+                .map_err(|e| key_err(&format!("{key}.name"), format!("{:?}: {e}", td.name)))?;
+            if td.workload_api.is_some() || td.bundle_endpoint.is_some() {
+                return Err(key_err(
+                    &key,
+                    "workload_api and bundle_endpoint sources are not available yet; use bundle_file",
+                ));
+            }
+            let file = td.bundle_file.ok_or_else(|| {
+                key_err(
+                    &format!("{key}.bundle_file"),
+                    "missing; point it at the SPIFFE bundle (JWKS) of this trust domain",
+                )
+            })?;
+            if trust_domains.iter().any(|(n, _)| n == &name) {
+                return Err(key_err(
+                    &format!("{key}.name"),
+                    format!("trust domain {name} is configured twice"),
+                ));
+            }
+            trust_domains.push((name, resolve(file)));
+        }
+        if !self.oidc_issuer.is_empty() {
+            return Err(key_err(
+                "oidc_issuer",
+                "OIDC issuers are not available in this build yet; remove the [[oidc_issuer]] entries",
+            ));
+        }
+        let mut introspection_clients = Vec::new();
+        for (i, c) in self.introspection.client.into_iter().enumerate() {
+            if c.id.is_empty() {
+                return Err(key_err(
+                    &format!("introspection.client[{i}].id"),
+                    "must not be empty",
+                ));
+            }
+            if !c.secret_hash.starts_with("$argon2id$") {
+                return Err(key_err(
+                    &format!("introspection.client[{i}].secret_hash"),
+                    "must be an argon2id PHC hash ($argon2id$…); generate one with `tessera hash-secret`",
+                ));
+            }
+            introspection_clients.push(StaticClient {
+                id: c.id,
+                secret_hash: c.secret_hash,
+            });
+        }
+        let per_identity_limit = match &self.limits.per_identity {
+            Some(s) => Some(parse_rate(s).map_err(|e| key_err("limits.per_identity", e))?),
+            None => None,
+        };
+        let accept_audiences = if self.tokens.accept_audiences.is_empty() {
+            vec![issuer.clone()]
+        } else {
+            self.tokens.accept_audiences
+        };
+        Ok(Settings {
+            public_listen: socket("server.listen", &self.server.listen, "0.0.0.0:8443")?,
+            admin_listen: socket("admin.listen", &self.admin.listen, "127.0.0.1:9443")?,
+            tls,
+            admin_allowed: patterns("admin.allowed", &self.admin.allowed)?,
+            admin_token_hash_file: self.admin.token_hash_file.map(resolve),
+            metrics_auth: self.admin.metrics_auth,
+            default_ttl,
+            max_ttl,
+            leeway,
+            accept_audiences,
+            signing_alg,
+            key_dir,
+            rotate_every,
+            prepublish,
+            store_path,
+            trust_domains,
+            introspection_allowed: patterns("introspection.allowed", &self.introspection.allowed)?,
+            introspection_clients,
+            per_identity_limit,
+            audit_file: self.audit.file.map(resolve),
+            dev_mode: false,
+            issuer,
+            policy_file,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+issuer = "https://sts.example.org"
+policy_file = "policy.toml"
+[server]
+tls_cert = "tls.crt"
+tls_key = "tls.key"
+[signing]
+key_dir = "keys"
+[store]
+backend = "embedded"
+path = "store.redb"
+"#;
+
+    fn validate(text: &str, env: &[(&str, &str)]) -> Result<Settings, String> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(a, b)| ((*a).into(), (*b).into()))
+            .collect();
+        parse(text, &env)?
+            .validate(Path::new("/etc/tessera"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn minimal_file_gets_contract_defaults() {
+        let s = validate(MINIMAL, &[]).unwrap();
+        assert_eq!((s.default_ttl, s.max_ttl, s.leeway), (300, 900, 30));
+        assert_eq!(s.public_listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(s.admin_listen.to_string(), "127.0.0.1:9443");
+        assert_eq!(
+            s.accept_audiences,
+            vec!["https://sts.example.org".to_owned()]
+        );
+        assert_eq!(s.key_dir, PathBuf::from("/etc/tessera/keys"));
+        assert_eq!(s.signing_alg, SigningAlg::ES256);
+    }
+
+    #[test]
+    fn env_overlay_overrides_sections_and_top_level() {
+        let s = validate(
+            MINIMAL,
+            &[
+                ("TESSERA_TOKENS__MAX_TTL", "10m"),
+                ("TESSERA_ISSUER", "https://other.example.org"),
+                (
+                    "TESSERA_INTROSPECTION__ALLOWED",
+                    r#"["spiffe://example.org/rs/*"]"#,
+                ),
+                ("TESSERA_REQUIRE_REDIS", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.max_ttl, 600);
+        assert_eq!(s.issuer, "https://other.example.org");
+        assert_eq!(s.introspection_allowed.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            ("[server]\nlisen = \"x\"\n", &[], "unknown field `lisen`"),
+            ("", &[("TESSERA_TOKENS__MAX_TTL", "5x")], "tokens.max_ttl"),
+            ("", &[("TESSERA_TOKENS__MAX_TTL", "2h")], "hard ceiling"),
+            (
+                "",
+                &[("TESSERA_SIGNING__ALGORITHM", "HS256")],
+                "signing.algorithm",
+            ),
+            ("", &[("TESSERA_STORE__BACKEND", "mongo")], "store.backend"),
+            (
+                "",
+                &[("TESSERA_SERVER__LISTEN", "nowhere")],
+                "server.listen",
+            ),
+            (
+                "",
+                &[("TESSERA_LIMITS__PER_IDENTITY", "fast")],
+                "limits.per_identity",
+            ),
+            ("", &[("TESSERA_BOGUS__KEY", "1")], "unknown field `bogus`"),
+            (
+                "",
+                &[("TESSERA_ADMIN__ALLOWED", r#"["spiffe://*/x"]"#)],
+                "admin.allowed",
+            ),
+            (
+                "[[trust_domain]]\nname = \"Bad.Org\"\nbundle_file = \"b.json\"\n",
+                &[],
+                "trust_domain[0].name",
+            ),
+        ];
+        for (extra, env, want) in cases {
+            let text = format!("{MINIMAL}{extra}");
+            let err = validate(&text, env).unwrap_err();
+            assert!(err.contains(want), "{want}: got {err}");
+        }
+        let err = validate("policy_file = \"p\"\n", &[]).unwrap_err();
+        assert!(
+            err.contains("`issuer`") && err.contains("https://"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("50/s"), Ok(50));
+        assert_eq!(parse_rate("600/m"), Ok(10));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("50").is_err());
+    }
+}

@@ -1,0 +1,432 @@
+//! The signing key ring: one current key (signs), one next key (published ahead of use,
+//! contract §2 `signing.prepublish`), and retired keys kept in the JWKS until the last
+//! token they signed has expired. Persisted as one file, written atomically, mode 0600.
+
+use crate::clock::UnixSeconds;
+use crate::jose::{self, SigningAlg, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+const RING_FILE: &str = "keyring.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key ring {path}: {cause}")]
+    Io { path: String, cause: String },
+    #[error("key ring {path} is damaged: {cause}")]
+    Corrupt { path: String, cause: String },
+    #[error("key generation failed: {0}")]
+    Generate(String),
+    #[error("key {0} is not in the key ring")]
+    UnknownKid(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    Current,
+    Next,
+    Retired,
+}
+
+/// A key with its life-cycle times.
+pub struct ManagedKey {
+    pub key: SigningKey,
+    pub verifier: VerifyingKey,
+    pub state: KeyState,
+    pub created_at: UnixSeconds,
+    pub activated_at: Option<UnixSeconds>,
+    pub retired_at: Option<UnixSeconds>,
+}
+
+impl std::fmt::Debug for ManagedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ManagedKey({}, {:?})", self.key.kid(), self.state)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    kid: String,
+    alg: SigningAlg,
+    state: KeyState,
+    created_at: UnixSeconds,
+    #[serde(default)]
+    activated_at: Option<UnixSeconds>,
+    #[serde(default)]
+    retired_at: Option<UnixSeconds>,
+    /// base64url PKCS#8 DER.
+    pkcs8: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredRing {
+    version: u32,
+    keys: Vec<StoredKey>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub kid: String,
+    pub alg: &'static str,
+    pub state: KeyState,
+    pub created_at: UnixSeconds,
+}
+
+struct RingState {
+    current: Arc<ManagedKey>,
+    next: Arc<ManagedKey>,
+    retired: Vec<Arc<ManagedKey>>,
+}
+
+pub struct KeyRing {
+    dir: PathBuf,
+    alg: SigningAlg,
+    /// How long a retired key must stay verifiable: the longest token life plus leeway.
+    retain_for: u64,
+    state: RwLock<RingState>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyRing({})", self.dir.display())
+    }
+}
+
+fn managed(
+    key: SigningKey,
+    state: KeyState,
+    created_at: UnixSeconds,
+    activated_at: Option<UnixSeconds>,
+    retired_at: Option<UnixSeconds>,
+) -> Result<Arc<ManagedKey>, KeyError> {
+    let verifier = key
+        .verifying_key()
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    Ok(Arc::new(ManagedKey {
+        key,
+        verifier,
+        state,
+        created_at,
+        activated_at,
+        retired_at,
+    }))
+}
+
+fn fresh(alg: SigningAlg, state: KeyState, now: UnixSeconds) -> Result<Arc<ManagedKey>, KeyError> {
+    let key = SigningKey::generate(alg).map_err(|e| KeyError::Generate(e.to_string()))?;
+    let activated = (state == KeyState::Current).then_some(now);
+    managed(key, state, now, activated, None)
+}
+
+impl KeyRing {
+    /// Loads the ring from `dir`, or creates one (current + next) if there is none.
+    pub fn open(
+        dir: &Path,
+        alg: SigningAlg,
+        retain_for: u64,
+        now: UnixSeconds,
+    ) -> Result<Self, KeyError> {
+        let path = dir.join(RING_FILE);
+        let io = |e: std::io::Error| KeyError::Io {
+            path: path.display().to_string(),
+            cause: e.to_string(),
+        };
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => Self::decode(&path, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RingState {
+                current: fresh(alg, KeyState::Current, now)?,
+                next: fresh(alg, KeyState::Next, now)?,
+                retired: Vec::new(),
+            },
+            Err(e) => return Err(io(e)),
+        };
+        let ring = Self {
+            dir: dir.to_owned(),
+            alg,
+            retain_for,
+            state: RwLock::new(state),
+        };
+        // A changed `signing.algorithm` takes effect through the next key, so the
+        // published-ahead rule still holds.
+        {
+            let mut st = ring.write();
+            if st.next.key.alg() != alg {
+                st.next = fresh(alg, KeyState::Next, now)?;
+            }
+        }
+        ring.persist()?;
+        Ok(ring)
+    }
+
+    fn decode(path: &Path, bytes: &[u8]) -> Result<RingState, KeyError> {
+        let corrupt = |cause: String| KeyError::Corrupt {
+            path: path.display().to_string(),
+            cause,
+        };
+        let stored: StoredRing =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let (mut current, mut next, mut retired) = (None, None, Vec::new());
+        for k in stored.keys {
+            let der = jose::b64url_decode(&k.pkcs8).map_err(|e| corrupt(e.to_string()))?;
+            let key = SigningKey::from_pkcs8(k.alg, &der).map_err(|e| corrupt(e.to_string()))?;
+            if key.kid() != k.kid {
+                return Err(corrupt(format!("key {} does not match its kid", k.kid)));
+            }
+            let m = managed(key, k.state, k.created_at, k.activated_at, k.retired_at)?;
+            match k.state {
+                KeyState::Current => current = Some(m),
+                KeyState::Next => next = Some(m),
+                KeyState::Retired => retired.push(m),
+            }
+        }
+        match (current, next) {
+            (Some(current), Some(next)) => Ok(RingState {
+                current,
+                next,
+                retired,
+            }),
+            _ => Err(corrupt("needs exactly one current and one next key".into())),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, RingState> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, RingState> {
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes the ring to a temp file, fsyncs, renames over the old one: a crash leaves
+    /// either the old or the new ring, never half of one.
+    fn persist(&self) -> Result<(), KeyError> {
+        let st = self.read();
+        let keys = std::iter::once(&st.current)
+            .chain(std::iter::once(&st.next))
+            .chain(st.retired.iter())
+            .map(|m| StoredKey {
+                kid: m.key.kid().to_owned(),
+                alg: m.key.alg(),
+                state: m.state,
+                created_at: m.created_at,
+                activated_at: m.activated_at,
+                retired_at: m.retired_at,
+                pkcs8: jose::b64url(m.key.pkcs8()),
+            })
+            .collect();
+        let json = serde_json::to_vec_pretty(&StoredRing { version: 1, keys }).map_err(|e| {
+            KeyError::Io {
+                path: self.dir.display().to_string(),
+                cause: e.to_string(),
+            }
+        })?;
+        drop(st);
+        write_private_file(&self.dir.join(RING_FILE), &json).map_err(|e| KeyError::Io {
+            path: self.dir.join(RING_FILE).display().to_string(),
+            cause: e.to_string(),
+        })
+    }
+
+    pub fn current(&self) -> Arc<ManagedKey> {
+        self.read().current.clone()
+    }
+
+    /// The key that signed a token with this `kid`, if it is still trusted.
+    pub fn find(&self, kid: &str) -> Option<Arc<ManagedKey>> {
+        let st = self.read();
+        std::iter::once(&st.current)
+            .chain(std::iter::once(&st.next))
+            .chain(st.retired.iter())
+            .find(|m| m.key.kid() == kid)
+            .cloned()
+    }
+
+    /// Public keys for the JWKS: current, next, and retired keys still needed.
+    pub fn public_jwks(&self, now: UnixSeconds) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let st = self.read();
+        std::iter::once(&st.current)
+            .chain(std::iter::once(&st.next))
+            .chain(st.retired.iter().filter(|m| self.still_needed(m, now)))
+            .map(|m| m.key.public_jwk())
+            .collect()
+    }
+
+    fn still_needed(&self, m: &ManagedKey, now: UnixSeconds) -> bool {
+        m.retired_at
+            .is_none_or(|r| r.saturating_add(self.retain_for as i64) > now)
+    }
+
+    pub fn info(&self) -> Vec<KeyInfo> {
+        let st = self.read();
+        std::iter::once(&st.current)
+            .chain(std::iter::once(&st.next))
+            .chain(st.retired.iter())
+            .map(|m| KeyInfo {
+                kid: m.key.kid().to_owned(),
+                alg: m.key.alg().as_str(),
+                state: m.state,
+                created_at: m.created_at,
+            })
+            .collect()
+    }
+
+    /// Promotes next to current, retires current, creates a new next (admin rotate and
+    /// scheduled rotation).
+    pub fn rotate(&self, now: UnixSeconds) -> Result<(), KeyError> {
+        let new_next = fresh(self.alg, KeyState::Next, now)?;
+        {
+            let mut st = self.write();
+            let old = st.current.clone();
+            let promoted = &st.next;
+            let current = Arc::new(ManagedKey {
+                key: SigningKey::from_pkcs8(promoted.key.alg(), promoted.key.pkcs8())
+                    .map_err(|e| KeyError::Generate(e.to_string()))?,
+                verifier: promoted
+                    .key
+                    .verifying_key()
+                    .map_err(|e| KeyError::Generate(e.to_string()))?,
+                state: KeyState::Current,
+                created_at: promoted.created_at,
+                activated_at: Some(now),
+                retired_at: None,
+            });
+            let retired = retire(&old, now)?;
+            st.retired.retain(|m| self.still_needed(m, now));
+            st.retired.push(retired);
+            st.current = current;
+            st.next = new_next;
+        }
+        self.persist()
+    }
+
+    /// Scheduled rotation is due when the current key has signed for `rotate_every` and
+    /// the next key has been published for at least `prepublish`.
+    pub fn rotation_due(&self, now: UnixSeconds, rotate_every: u64, prepublish: u64) -> bool {
+        let st = self.read();
+        let active_since = st.current.activated_at.unwrap_or(st.current.created_at);
+        now >= active_since.saturating_add(rotate_every as i64)
+            && now >= st.next.created_at.saturating_add(prepublish as i64)
+    }
+
+    /// Removes a key for good (kid revocation, contract §3). Revoking the current key
+    /// first rotates, so issuance never stops; revoking the next key replaces it.
+    pub fn remove(&self, kid: &str, now: UnixSeconds) -> Result<(), KeyError> {
+        let (is_current, is_next, is_retired) = {
+            let st = self.read();
+            (
+                st.current.key.kid() == kid,
+                st.next.key.kid() == kid,
+                st.retired.iter().any(|m| m.key.kid() == kid),
+            )
+        };
+        if is_current {
+            self.rotate(now)?;
+        } else if is_next {
+            let replacement = fresh(self.alg, KeyState::Next, now)?;
+            self.write().next = replacement;
+        } else if !is_retired {
+            return Err(KeyError::UnknownKid(kid.to_owned()));
+        }
+        self.write().retired.retain(|m| m.key.kid() != kid);
+        self.persist()
+    }
+}
+
+fn retire(old: &ManagedKey, now: UnixSeconds) -> Result<Arc<ManagedKey>, KeyError> {
+    let key = SigningKey::from_pkcs8(old.key.alg(), old.key.pkcs8())
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    managed(
+        key,
+        KeyState::Retired,
+        old.created_at,
+        old.activated_at,
+        Some(now),
+    )
+}
+
+/// Atomically replaces `path` with `bytes`, readable by the owner only.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_persists_rotates_and_retires() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::open(dir.path(), SigningAlg::ES256, 900, 1000).unwrap();
+        let (k1, n1) = (
+            ring.current().key.kid().to_owned(),
+            ring.info()[1].kid.clone(),
+        );
+        assert_ne!(k1, n1);
+        assert_eq!(ring.public_jwks(1000).len(), 2);
+        let mode = std::fs::metadata(dir.path().join(RING_FILE)).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+
+        ring.rotate(2000).unwrap();
+        assert_eq!(ring.current().key.kid(), n1, "next became current");
+        assert!(ring.find(&k1).is_some(), "retired key still verifies");
+        assert_eq!(ring.public_jwks(2000).len(), 3);
+        assert_eq!(
+            ring.public_jwks(2900).len(),
+            2,
+            "retired key leaves the JWKS after retain_for"
+        );
+
+        let reopened = KeyRing::open(dir.path(), SigningAlg::ES256, 900, 2001).unwrap();
+        assert_eq!(reopened.current().key.kid(), n1, "same kid after restart");
+    }
+
+    #[test]
+    fn removing_the_current_key_rotates_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::open(dir.path(), SigningAlg::EdDSA, 900, 1000).unwrap();
+        let cur = ring.current().key.kid().to_owned();
+        ring.remove(&cur, 1100).unwrap();
+        assert_ne!(ring.current().key.kid(), cur);
+        assert!(ring.find(&cur).is_none());
+        assert!(
+            ring.public_jwks(1100)
+                .iter()
+                .all(|j| j["kid"] != cur.as_str())
+        );
+        assert!(matches!(
+            ring.remove("nope", 1100),
+            Err(KeyError::UnknownKid(_))
+        ));
+    }
+
+    #[test]
+    fn rotation_waits_for_prepublish() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::open(dir.path(), SigningAlg::ES256, 900, 0).unwrap();
+        assert!(!ring.rotation_due(100, 86_400, 3600));
+        assert!(ring.rotation_due(86_400, 86_400, 3600));
+    }
+}

@@ -1,0 +1,394 @@
+//! Admin operations (contract §3): revocations, token inventory, key rotation, policy
+//! reload, audit query. Every call is audited, including refused ones.
+
+use super::{CallerCredentials, RequestContext, Service, ServiceError, allowed, matches_sha256};
+use crate::audit::AuditEvent;
+use crate::domain::{SpiffeId, parse_duration};
+use crate::mint::keys::KeyInfo;
+use crate::policy::CompiledPolicy;
+use crate::revocation::{
+    AuditFilter, IssuedToken, LiftOutcome, NewRevocation, Page, PageRequest, RevocationKind,
+    RevocationRecord, StoreError, StoredAuditEvent, TokenFilter,
+};
+use std::sync::atomic::Ordering;
+
+/// `POST /admin/v1/revocations` body, already decoded from JSON by the transport.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationRequest {
+    pub jti: Option<String>,
+    pub subject: Option<String>,
+    pub kid: Option<String>,
+    pub reason: Option<String>,
+    pub block_new: Option<String>,
+}
+
+const MAX_REASON_LEN: usize = 512;
+const MAX_PAGE: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub rules: usize,
+    pub bundles_failed: Vec<(String, String)>,
+}
+
+fn store_err(svc: &Service, e: StoreError) -> ServiceError {
+    match e {
+        StoreError::BadCursor => ServiceError::InvalidRequest("bad cursor".into()),
+        other => {
+            svc.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %other, "admin call failed: store unavailable");
+            ServiceError::TemporarilyUnavailable
+        }
+    }
+}
+
+pub fn page_request(limit: Option<usize>, cursor: Option<String>) -> PageRequest {
+    PageRequest {
+        limit: limit.unwrap_or(100).clamp(1, MAX_PAGE),
+        cursor,
+    }
+}
+
+impl Service {
+    /// Bearer admin token (constant-time hash compare) or a JWT-SVID bearer whose SPIFFE
+    /// ID is in `admin.allowed`: 401 without a valid credential, 403 for a workload
+    /// identity that is not listed.
+    pub(crate) fn authenticate_admin(
+        &self,
+        creds: &CallerCredentials,
+    ) -> Result<String, ServiceError> {
+        let Some(bearer) = &creds.bearer else {
+            return Err(ServiceError::Unauthenticated);
+        };
+        if let Some(h) = &self.policy().admin_token_sha256
+            && matches_sha256(bearer, h)
+        {
+            return Ok("admin-token".into());
+        }
+        if bearer.split('.').count() == 3
+            && let Ok(identity) = self.jwt_svids.verify(bearer, self.now())
+            && let Some(id) = identity.spiffe_id()
+        {
+            if allowed(&self.settings.admin_allowed, id) {
+                return Ok(id.to_string());
+            }
+            return Err(ServiceError::Forbidden);
+        }
+        Err(ServiceError::InvalidClient(
+            "admin authentication failed".into(),
+        ))
+    }
+
+    /// Opens the audit event of an admin call and authenticates the caller.
+    fn admin_begin(
+        &self,
+        creds: &CallerCredentials,
+        event: &'static str,
+    ) -> (AuditEvent, Result<String, ServiceError>) {
+        let mut ev = AuditEvent::begin(event, self.now());
+        let auth = self.authenticate_admin(creds);
+        if let Ok(actor) = &auth {
+            ev.subject = Some(actor.clone());
+        }
+        (ev, auth)
+    }
+
+    pub async fn admin_revoke(
+        &self,
+        ctx: &RequestContext,
+        creds: &CallerCredentials,
+        req: RevocationRequest,
+    ) -> Result<RevocationRecord, ServiceError> {
+        let (mut ev, auth) = self.admin_begin(creds, "admin.revoke");
+        let result = match auth {
+            Ok(actor) => self.admin_revoke_inner(actor, &mut ev, req).await,
+            Err(e) => Err(e),
+        };
+        self.finish(ctx, ev, result)
+    }
+
+    async fn admin_revoke_inner(
+        &self,
+        actor: String,
+        ev: &mut AuditEvent,
+        req: RevocationRequest,
+    ) -> Result<RevocationRecord, ServiceError> {
+        let reason = req.reason.unwrap_or_default();
+        if reason.trim().is_empty() {
+            return Err(ServiceError::InvalidRequest("reason is required".into()));
+        }
+        if reason.len() > MAX_REASON_LEN {
+            return Err(ServiceError::InvalidRequest("reason is too long".into()));
+        }
+        let now = self.now();
+        let s = &self.settings;
+        let horizon = now + (s.max_ttl + s.leeway) as i64;
+        let (kind, value, expires_at, block_until) = match (req.jti, req.subject, req.kid) {
+            (Some(jti), None, None) => {
+                if req.block_new.is_some() {
+                    return Err(ServiceError::InvalidRequest(
+                        "block_new applies to subject revocations only".into(),
+                    ));
+                }
+                crate::domain::Jti::parse(&jti)
+                    .map_err(|e| ServiceError::InvalidRequest(e.to_string()))?;
+                // Known tokens are remembered until their exp (+ leeway); unknown ones until
+                // the longest possible lifetime has passed.
+                let exp = match self.inventory.get_issued(&jti).await {
+                    Ok(Some(t)) => t.exp + s.leeway as i64,
+                    _ => horizon,
+                };
+                (RevocationKind::Jti, jti, exp, None)
+            }
+            (None, Some(subject), None) => {
+                valid_subject(&subject)?;
+                let block_until = match req.block_new.as_deref() {
+                    Some(d) => Some(
+                        now + parse_duration(d)
+                            .map_err(|e| ServiceError::InvalidRequest(format!("block_new: {e}")))?
+                            as i64,
+                    ),
+                    None => None,
+                };
+                let exp = horizon.max(block_until.unwrap_or(0));
+                (RevocationKind::Subject, subject, exp, block_until)
+            }
+            (None, None, Some(kid)) => {
+                if req.block_new.is_some() {
+                    return Err(ServiceError::InvalidRequest(
+                        "block_new applies to subject revocations only".into(),
+                    ));
+                }
+                crate::domain::Kid::parse(&kid)
+                    .map_err(|e| ServiceError::InvalidRequest(e.to_string()))?;
+                (RevocationKind::Kid, kid, horizon, None)
+            }
+            _ => {
+                return Err(ServiceError::InvalidRequest(
+                    "give exactly one of jti, subject and kid".into(),
+                ));
+            }
+        };
+        ev.reason = Some(reason.clone());
+        if kind == RevocationKind::Jti {
+            ev.jti = Some(value.clone());
+        }
+        let record = self
+            .revocations
+            .revoke(NewRevocation {
+                kind,
+                value: value.clone(),
+                reason,
+                actor,
+                created_at: now,
+                expires_at,
+                block_until,
+            })
+            .await
+            .map_err(|e| store_err(self, e))?;
+        // Only after the revocation is durable does the key leave the JWKS; revoking the
+        // current key rotates first so issuance never stops.
+        if kind == RevocationKind::Kid && self.minter.keys().find(&value).is_some() {
+            self.minter
+                .keys()
+                .remove(&value, now)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        }
+        Ok(record)
+    }
+
+    pub async fn admin_list_revocations(
+        &self,
+        ctx: &RequestContext,
+        creds: &CallerCredentials,
+        kind: Option<&str>,
+        page: PageRequest,
+    ) -> Result<Page<RevocationRecord>, ServiceError> {
+        let kind = match kind.filter(|k| !k.is_empty()) {
+            Some(k) => Some(RevocationKind::parse(k).ok_or_else(|| {
+                ServiceError::InvalidRequest("kind must be jti, subject or kid".into())
+            })?),
+            None => None,
+        };
+        let (ev, auth) = self.admin_begin(creds, "admin.revocations.list");
+        let result = async {
+            auth?;
+            self.revocations
+                .list_revocations(kind, &page, self.now())
+                .await
+                .map_err(|e| store_err(self, e))
+        }
+        .await;
+        self.finish(ctx, ev, result)
+    }
+
+    pub async fn admin_lift(
+        &self,
+        ctx: &RequestContext,
+        creds: &CallerCredentials,
+        id: &str,
+    ) -> Result<(), ServiceError> {
+        let (mut ev, auth) = self.admin_begin(creds, "admin.revocation.lift");
+        ev.reason = Some(format!("lift {}", id.chars().take(64).collect::<String>()));
+        let result = async {
+            auth?;
+            match self
+                .revocations
+                .lift(id, self.now())
+                .await
+                .map_err(|e| store_err(self, e))?
+            {
+                LiftOutcome::Lifted => Ok(()),
+                LiftOutcome::NotFound => {
+                    Err(ServiceError::NotFound("no such live revocation".into()))
+                }
+                LiftOutcome::NotLiftable => Err(ServiceError::Conflict(
+                    "a jti revocation cannot be lifted".into(),
+                )),
+            }
+        }
+        .await;
+        self.finish(ctx, ev, result)
+    }
+
+    pub async fn admin_tokens(
+        &self,
+        ctx: &RequestContext,
+        creds: &CallerCredentials,
+        filter: TokenFilter,
+        page: PageRequest,
+    ) -> Result<Page<IssuedToken>, ServiceError> {
+        let (ev, auth) = self.admin_begin(creds, "admin.tokens.list");
+        let result = async {
+            auth?;
+            self.inventory
+                .list_live(&filter, &page, self.now())
+                .await
+                .map_err(|e| store_err(self, e))
+        }
+        .await;
+        self.finish(ctx, ev, result)
+    }
+
+    pub async fn admin_rotate_keys(
+        &self,
+        ctx: &RequestContext,
+        creds: &CallerCredentials,
+    ) -> Result<Vec<KeyInfo>, ServiceError> {
+        let (ev, auth) = self.admin_begin(creds, "keys.rotated");
+        let result = auth.and_then(|_| {
+            self.minter
+                .keys()
+                .rotate(self.now())
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            Ok(self.minter.keys().info())
+        });
+        self.finish(ctx, ev, result)
+    }
+
+    pub async fn admin_reload(
+        &self,
+        ctx: &RequestContext,
+        creds: &CallerCredentials,
+    ) -> Result<ReloadOutcome, ServiceError> {
+        let (mut ev, auth) = self.admin_begin(creds, "policy.reloaded");
+        let result = auth.and_then(|_| self.reload().map_err(ServiceError::InvalidRequest));
+        if let Ok(o) = &result
+            && !o.bundles_failed.is_empty()
+        {
+            ev.reason = Some(format!(
+                "{} trust bundle(s) kept their last good version",
+                o.bundles_failed.len()
+            ));
+        }
+        self.finish(ctx, ev, result)
+    }
+
+    /// Reloads policy, trust bundles and the admin token hash (admin API and SIGHUP). A
+    /// policy that fails to compile is refused and the old one stays.
+    pub fn reload(&self) -> Result<ReloadOutcome, String> {
+        let policy = CompiledPolicy::load(&self.settings.policy_file)
+            .map_err(|e| format!("policy rejected: {e}"))?;
+        let admin_token_sha256 = match &self.settings.admin_token_hash_file {
+            Some(p) => Some(read_token_hash(p)?),
+            None => None,
+        };
+        let report = self.bundles.reload();
+        for (td, err) in &report.failed {
+            tracing::warn!(trust_domain = %td, error = %err, "trust bundle reload failed; keeping the last good bundle");
+        }
+        let rules = policy.rule_count();
+        self.reloadable
+            .store(std::sync::Arc::new(super::Reloadable {
+                policy,
+                admin_token_sha256,
+            }));
+        Ok(ReloadOutcome {
+            rules,
+            bundles_failed: report
+                .failed
+                .iter()
+                .map(|(td, e)| (td.to_string(), e.clone()))
+                .collect(),
+        })
+    }
+
+    pub async fn admin_audit(
+        &self,
+        ctx: &RequestContext,
+        creds: &CallerCredentials,
+        filter: AuditFilter,
+        limit: Option<usize>,
+    ) -> Result<Vec<StoredAuditEvent>, ServiceError> {
+        let limit = limit.unwrap_or(100).clamp(1, MAX_PAGE);
+        let (ev, auth) = self.admin_begin(creds, "admin.audit.query");
+        let result = async {
+            auth?;
+            self.audit_tail
+                .recent_audit(&filter, limit)
+                .await
+                .map_err(|e| store_err(self, e))
+        }
+        .await;
+        self.finish(ctx, ev, result)
+    }
+
+    /// `/metrics` auth when `admin.metrics_auth` is set.
+    pub fn admin_authorized(&self, creds: &CallerCredentials) -> Result<(), ServiceError> {
+        self.authenticate_admin(creds).map(|_| ())
+    }
+}
+
+/// A subject is a SPIFFE ID or, for OIDC subjects, `<iss>#<sub>`.
+fn valid_subject(s: &str) -> Result<(), ServiceError> {
+    if SpiffeId::parse(s).is_ok() {
+        return Ok(());
+    }
+    match s.split_once('#') {
+        Some((iss, sub)) if iss.starts_with("https://") && !sub.is_empty() && s.len() <= 2048 => {
+            Ok(())
+        }
+        _ => Err(ServiceError::InvalidRequest(
+            "subject must be a SPIFFE ID or <issuer>#<sub>".into(),
+        )),
+    }
+}
+
+/// Reads `admin.token_hash_file`: lowercase hex SHA-256, a trailing newline allowed.
+pub fn read_token_hash(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("admin.token_hash_file {}: {e}", path.display()))?;
+    let h = text.trim_end_matches(['\n', '\r']).to_owned();
+    if h.len() != 64
+        || !h
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(format!(
+            "admin.token_hash_file {}: expected the lowercase hex SHA-256 of the admin token (64 characters); create it with `printf %s \"$TOKEN\" | sha256sum | cut -d' ' -f1`",
+            path.display()
+        ));
+    }
+    Ok(h)
+}

@@ -1,0 +1,258 @@
+//! `POST /token`: RFC 8693 token exchange, and `client_credentials` with a JWT-SVID
+//! client assertion. Path: parse → attest → rate limit → quarantine → policy → mint →
+//! inventory → audit.
+
+use super::{CallerCredentials, Params, RequestContext, Service, ServiceError};
+use crate::audit::AuditEvent;
+use crate::domain::{Audience, ScopeSet, SpiffeId, VerifiedIdentity};
+use crate::mint::MintRequest;
+use crate::policy::{AccessRequest, Decision, Deny};
+use crate::revocation::IssuedToken;
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// RFC 8693 §2.2.1 response.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub issued_token_type: &'static str,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// The request after parsing: typed, capped, nothing verified yet.
+struct ParsedRequest<'a> {
+    unverified_subject_token: Option<&'a str>,
+    unverified_actor_token: Option<&'a str>,
+    audience: Audience,
+    scopes: ScopeSet,
+}
+
+fn parse_request<'a>(p: &'a Params) -> Result<ParsedRequest<'a>, ServiceError> {
+    let grant_type = p.require("grant_type")?;
+    let (unverified_subject_token, unverified_actor_token) = match grant_type {
+        GRANT_TOKEN_EXCHANGE => {
+            let token = p.require("subject_token")?;
+            match p.require("subject_token_type")? {
+                TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN => {}
+                _ => {
+                    return Err(ServiceError::InvalidRequest(
+                        "unsupported subject_token_type".into(),
+                    ));
+                }
+            }
+            let actor = match (p.get("actor_token"), p.get("actor_token_type")) {
+                (Some(t), Some(TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN)) => Some(t),
+                (Some(_), Some(_)) => {
+                    return Err(ServiceError::InvalidRequest(
+                        "unsupported actor_token_type".into(),
+                    ));
+                }
+                // RFC 8693 §2.1: actor_token_type is required with actor_token, and only then.
+                (Some(_), None) => {
+                    return Err(ServiceError::InvalidRequest(
+                        "missing parameter actor_token_type".into(),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(ServiceError::InvalidRequest(
+                        "actor_token_type without actor_token".into(),
+                    ));
+                }
+                (None, None) => None,
+            };
+            (Some(token), actor)
+        }
+        GRANT_CLIENT_CREDENTIALS => (None, None),
+        _ => return Err(ServiceError::UnsupportedGrantType),
+    };
+    if let Some(t) = p.get("requested_token_type")
+        && t != TOKEN_TYPE_ACCESS_TOKEN
+        && t != TOKEN_TYPE_JWT
+    {
+        return Err(ServiceError::InvalidRequest(
+            "unsupported requested_token_type".into(),
+        ));
+    }
+    let target = match (p.get("audience"), p.get("resource")) {
+        (Some(a), None) | (None, Some(a)) => a,
+        (Some(_), Some(_)) => {
+            return Err(ServiceError::InvalidRequest(
+                "give exactly one of audience and resource".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(ServiceError::InvalidRequest(
+                "missing parameter audience".into(),
+            ));
+        }
+    };
+    let audience =
+        Audience::parse(target).map_err(|e| ServiceError::InvalidRequest(e.to_string()))?;
+    let scopes = match p.get("scope") {
+        Some(s) => ScopeSet::parse(s).map_err(|e| ServiceError::InvalidScope(e.to_string()))?,
+        None => ScopeSet::default(),
+    };
+    Ok(ParsedRequest {
+        unverified_subject_token,
+        unverified_actor_token,
+        audience,
+        scopes,
+    })
+}
+
+impl Service {
+    pub async fn exchange(
+        &self,
+        ctx: &RequestContext,
+        params: &Params,
+        creds: &CallerCredentials,
+    ) -> Result<TokenResponse, ServiceError> {
+        let mut ev = AuditEvent::begin("token.denied", self.now());
+        let result = self.exchange_inner(&mut ev, params, creds).await;
+        if result.is_ok() {
+            ev.event = "token.issued";
+        }
+        self.finish(ctx, ev, result)
+    }
+
+    async fn exchange_inner(
+        &self,
+        ev: &mut AuditEvent,
+        params: &Params,
+        creds: &CallerCredentials,
+    ) -> Result<TokenResponse, ServiceError> {
+        let now = self.now();
+        let req = parse_request(params)?;
+        ev.audience = Some(req.audience.to_string());
+        let identity: VerifiedIdentity = match req.unverified_subject_token {
+            Some(token) => self.jwt_svids.verify(token, now)?,
+            None => {
+                // client_credentials: the client authentication is the identity.
+                let Some((kind, assertion)) = creds.assertion.as_ref() else {
+                    return Err(ServiceError::InvalidClient(
+                        "client_credentials needs a client credential".into(),
+                    ));
+                };
+                if kind != super::JWT_SPIFFE_ASSERTION {
+                    return Err(ServiceError::InvalidClient(
+                        "unsupported client_assertion_type".into(),
+                    ));
+                }
+                self.jwt_svids.verify(assertion, now).map_err(|e| {
+                    ServiceError::InvalidClient(format!("client assertion rejected: {e}"))
+                })?
+            }
+        };
+        let subject = identity.subject();
+        ev.subject = Some(subject.clone());
+        ev.issuer_kind = Some(identity.kind().as_str());
+        let actor = match req.unverified_actor_token {
+            Some(t) => Some(
+                self.jwt_svids
+                    .verify(t, now)
+                    .map_err(|e| ServiceError::InvalidGrant(format!("actor token: {e}")))?,
+            ),
+            None => None,
+        };
+        let actor_id: Option<&SpiffeId> = actor.as_ref().and_then(VerifiedIdentity::spiffe_id);
+
+        if let Some(limiter) = &self.limiter
+            && let Err(retry_after) = limiter.check(&subject, now)
+        {
+            return Err(ServiceError::SlowDown { retry_after });
+        }
+        // Quarantine (`block_new`). If the store is down, issuance continues (contract §6).
+        match self.revocations.blocked_until(&subject, now).await {
+            Ok(Some(_)) => return Err(ServiceError::InvalidGrant("subject is quarantined".into())),
+            Ok(None) => {}
+            Err(e) => {
+                self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "quarantine check skipped: store unavailable");
+            }
+        }
+
+        let policy = self.policy();
+        let access = AccessRequest {
+            audience: &req.audience,
+            scopes: &req.scopes,
+            actor: actor_id,
+        };
+        let grant = match policy.policy.decide(identity.principal(), &access) {
+            Decision::Grant(g) => g,
+            Decision::Deny(d) => {
+                ev.reason = Some(d.reason().to_owned());
+                return Err(match d {
+                    Deny::NoRule => ServiceError::InvalidTarget,
+                    Deny::ScopeNotAllowed { rule_id } => {
+                        ev.rule = Some(rule_id);
+                        ServiceError::InvalidScope("a requested scope is not allowed".into())
+                    }
+                    Deny::ActorNotAllowed { rule_id } => {
+                        ev.rule = Some(rule_id);
+                        ServiceError::InvalidGrant("the actor may not act for this subject".into())
+                    }
+                });
+            }
+        };
+        ev.rule = Some(grant.rule_id.clone());
+
+        // Lifetime = min(rule or default, global max, remaining life of every credential).
+        let s = &self.settings;
+        let mut ttl = grant.max_ttl.unwrap_or(s.default_ttl).min(s.max_ttl) as i64;
+        ttl = ttl.min(identity.expires_at() - now);
+        if let Some(a) = &actor {
+            ttl = ttl.min(a.expires_at() - now);
+        }
+        if ttl <= 0 {
+            return Err(ServiceError::InvalidGrant(
+                "subject token has expired".into(),
+            ));
+        }
+        let minted = self
+            .minter
+            .mint(&MintRequest {
+                identity: &identity,
+                audience: &grant.audience,
+                scopes: &grant.scopes,
+                ttl: ttl as u64,
+                actor: grant.actor.as_ref(),
+                now,
+            })
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let c = &minted.claims;
+        ev.jti = Some(c.jti.clone());
+        ev.scope = c.scope.clone();
+        let entry = IssuedToken {
+            jti: c.jti.clone(),
+            sub: c.sub.clone(),
+            aud: c.aud.clone(),
+            scope: c.scope.clone(),
+            kid: minted.kid.clone(),
+            iat: c.iat,
+            exp: c.exp,
+        };
+        // The inventory is informational: a failed write is logged and counted, not fatal.
+        if let Err(e) = self.inventory.record_issued(&entry).await {
+            self.counters
+                .inventory_write_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, jti = %c.jti, "token inventory write failed");
+        }
+        Ok(TokenResponse {
+            issued_token_type: TOKEN_TYPE_ACCESS_TOKEN,
+            token_type: "Bearer",
+            expires_in: ttl as u64,
+            scope: c.scope.clone(),
+            access_token: minted.token,
+        })
+    }
+}

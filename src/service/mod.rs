@@ -1,0 +1,385 @@
+//! The transport-free core: token exchange, introspection, revocation and the admin
+//! operations. Takes plain parameters, returns plain results; `http` (and later
+//! `grpc`) only translate. No axum, tonic or redis type appears here.
+
+pub mod admin;
+pub mod exchange;
+pub mod introspect;
+mod limiter;
+
+use crate::attest::jwt_svid::JwtSvidVerifier;
+use crate::attest::{AttestError, FileBundles};
+use crate::audit::{AuditEvent, AuditSink, Outcome};
+use crate::clock::{SharedClock, UnixSeconds};
+use crate::config::{Settings, StaticClient};
+use crate::domain::{SpiffeId, VerifiedIdentity};
+use crate::jose;
+use crate::mint::Minter;
+use crate::policy::{CompiledPolicy, SpiffePattern};
+use crate::revocation::{AuditTail, RevocationStore, StoredAuditEvent, TokenInventory};
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc;
+
+pub use limiter::RateLimiter;
+
+/// RFC 8693 / RFC 7523-style client assertion type of the OAuth SPIFFE draft.
+pub const JWT_SPIFFE_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe";
+
+/// Everything that can end a request early. `http::error` is the one mapping to HTTP
+/// (RFC 6749 §5.2 codes); descriptions are short and never contain tokens or policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("unsupported grant type")]
+    UnsupportedGrantType,
+    #[error("{0}")]
+    InvalidGrant(String),
+    #[error("{0}")]
+    InvalidClient(String),
+    #[error("no policy rule allows this audience")]
+    InvalidTarget,
+    #[error("{0}")]
+    InvalidScope(String),
+    #[error("rate limit exceeded")]
+    SlowDown { retry_after: u64 },
+    #[error("{0}")]
+    UnauthorizedClient(String),
+    /// No credential at all: 401 with `WWW-Authenticate`.
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("this identity is not allowed here")]
+    Forbidden,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the revocation store is unavailable")]
+    TemporarilyUnavailable,
+    /// The cause is logged; the client sees a generic message.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// Short reason for the audit record.
+    pub fn audit_reason(&self) -> String {
+        match self {
+            Self::InvalidRequest(m)
+            | Self::InvalidGrant(m)
+            | Self::InvalidClient(m)
+            | Self::InvalidScope(m)
+            | Self::UnauthorizedClient(m)
+            | Self::NotFound(m)
+            | Self::Conflict(m) => m.clone(),
+            Self::Internal(m) => format!("internal: {m}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<AttestError> for ServiceError {
+    fn from(e: AttestError) -> Self {
+        Self::InvalidGrant(e.to_string())
+    }
+}
+
+/// Where a request came from; filled by the transport.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    pub remote_addr: Option<SocketAddr>,
+    pub request_id: String,
+}
+
+/// Form parameters with duplicates already refused (RFC 6749 §3.2: parameters MUST NOT
+/// be included more than once).
+#[derive(Debug, Clone, Default)]
+pub struct Params(pub BTreeMap<String, String>);
+
+impl Params {
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+    }
+    pub fn require(&self, k: &str) -> Result<&str, ServiceError> {
+        self.get(k)
+            .ok_or_else(|| ServiceError::InvalidRequest(format!("missing parameter {k}")))
+    }
+}
+
+/// Credentials a caller presented, as the transport found them; none is checked yet.
+#[derive(Clone, Default)]
+pub struct CallerCredentials {
+    /// `client_assertion_type` + `client_assertion` form parameters.
+    pub assertion: Option<(String, String)>,
+    /// HTTP Basic `client_id:client_secret`.
+    pub basic: Option<(String, String)>,
+    /// `Authorization: Bearer …`.
+    pub bearer: Option<String>,
+}
+
+impl std::fmt::Debug for CallerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CallerCredentials(assertion: {}, basic: {}, bearer: {})",
+            self.assertion.is_some(),
+            self.basic.as_ref().map_or("-", |(id, _)| id.as_str()),
+            self.bearer.is_some()
+        )
+    }
+}
+
+impl CallerCredentials {
+    /// Takes `client_assertion*` out of the form parameters.
+    pub fn with_form_assertion(mut self, params: &Params) -> Self {
+        if let (Some(t), Some(a)) = (
+            params.get("client_assertion_type"),
+            params.get("client_assertion"),
+        ) {
+            self.assertion = Some((t.to_owned(), a.to_owned()));
+        }
+        self
+    }
+}
+
+/// Counters the readiness probe and (later) `/metrics` read.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub store_errors: AtomicU64,
+    pub audit_dropped: AtomicU64,
+    pub inventory_write_failures: AtomicU64,
+}
+
+/// State that `POST /admin/v1/policy/reload` swaps atomically.
+pub struct Reloadable {
+    pub policy: CompiledPolicy,
+    pub admin_token_sha256: Option<String>,
+}
+
+pub struct Service {
+    pub(crate) settings: Settings,
+    pub(crate) clock: SharedClock,
+    pub(crate) jwt_svids: JwtSvidVerifier,
+    pub(crate) bundles: Arc<FileBundles>,
+    pub(crate) minter: Minter,
+    pub(crate) revocations: Arc<dyn RevocationStore>,
+    pub(crate) inventory: Arc<dyn TokenInventory>,
+    pub(crate) audit_tail: Arc<dyn AuditTail>,
+    pub(crate) reloadable: ArcSwap<Reloadable>,
+    pub(crate) audit_sink: Arc<dyn AuditSink>,
+    audit_tx: mpsc::Sender<StoredAuditEvent>,
+    pub(crate) limiter: Option<RateLimiter>,
+    pub counters: Counters,
+}
+
+/// The parts `app` wires together.
+pub struct ServiceParts {
+    pub settings: Settings,
+    pub clock: SharedClock,
+    pub bundles: Arc<FileBundles>,
+    pub minter: Minter,
+    pub revocations: Arc<dyn RevocationStore>,
+    pub inventory: Arc<dyn TokenInventory>,
+    pub audit_tail: Arc<dyn AuditTail>,
+    pub audit_sink: Arc<dyn AuditSink>,
+    pub policy: CompiledPolicy,
+    pub admin_token_sha256: Option<String>,
+}
+
+/// Audit events for the store's tail are written by one task, off the request path.
+const AUDIT_QUEUE: usize = 4096;
+
+impl Service {
+    /// Builds the service and spawns its audit-tail writer (needs a tokio runtime).
+    pub fn new(p: ServiceParts) -> Arc<Self> {
+        let (audit_tx, mut rx) = mpsc::channel::<StoredAuditEvent>(AUDIT_QUEUE);
+        let jwt_svids = JwtSvidVerifier::new(
+            p.bundles.clone(),
+            p.settings.accept_audiences.clone(),
+            p.settings.leeway,
+        );
+        let limiter = p.settings.per_identity_limit.map(RateLimiter::new);
+        let svc = Arc::new(Self {
+            jwt_svids,
+            bundles: p.bundles,
+            minter: p.minter,
+            revocations: p.revocations,
+            inventory: p.inventory,
+            audit_tail: p.audit_tail.clone(),
+            reloadable: ArcSwap::from_pointee(Reloadable {
+                policy: p.policy,
+                admin_token_sha256: p.admin_token_sha256,
+            }),
+            audit_sink: p.audit_sink,
+            audit_tx,
+            limiter,
+            counters: Counters::default(),
+            clock: p.clock,
+            settings: p.settings,
+        });
+        let tail = p.audit_tail;
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if let Err(e) = tail.append_audit(&ev).await {
+                    tracing::warn!(error = %e, "audit tail append failed");
+                }
+            }
+        });
+        svc
+    }
+
+    pub fn now(&self) -> UnixSeconds {
+        self.clock.now()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn minter(&self) -> &Minter {
+        &self.minter
+    }
+
+    /// Emits the request's audit event to the sink and the store's tail.
+    pub(crate) fn audit(&self, ctx: &RequestContext, mut ev: AuditEvent) {
+        ev.remote_addr = ctx.remote_addr.map(|a| a.ip().to_string());
+        if !ctx.request_id.is_empty() {
+            ev.request_id = Some(ctx.request_id.clone());
+        }
+        self.audit_sink.emit(&ev);
+        let stored = StoredAuditEvent {
+            ts: ev.ts,
+            subject: ev.subject.clone(),
+            outcome: ev.outcome.as_str().to_owned(),
+            json: ev.to_json(),
+        };
+        if self.audit_tx.try_send(stored).is_err() {
+            self.counters.audit_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records the outcome of `result` in `ev` and emits it: the single exit of every
+    /// request, so no path goes unaudited.
+    pub(crate) fn finish<T>(
+        &self,
+        ctx: &RequestContext,
+        mut ev: AuditEvent,
+        result: Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        match &result {
+            Ok(_) => ev.outcome = Outcome::Success,
+            Err(e) => {
+                ev.outcome = Outcome::Failure;
+                if ev.reason.is_none() {
+                    ev.reason = Some(e.audit_reason());
+                }
+                if let ServiceError::Internal(cause) = e {
+                    tracing::error!(event = ev.event, cause = %cause, "internal error");
+                }
+            }
+        }
+        self.audit(ctx, ev);
+        result
+    }
+
+    /// Verifies a JWT-SVID client assertion (OAuth SPIFFE client authentication draft).
+    pub(crate) fn verify_assertion(
+        &self,
+        creds: &CallerCredentials,
+    ) -> Option<Result<SpiffeId, ServiceError>> {
+        let (kind, assertion) = creds.assertion.as_ref()?;
+        if kind != JWT_SPIFFE_ASSERTION {
+            return Some(Err(ServiceError::InvalidClient(
+                "unsupported client_assertion_type".into(),
+            )));
+        }
+        Some(
+            self.jwt_svids
+                .verify(assertion, self.now())
+                .map_err(|e| ServiceError::InvalidClient(format!("client assertion rejected: {e}")))
+                .and_then(|id: VerifiedIdentity| {
+                    id.spiffe_id().cloned().ok_or_else(|| {
+                        ServiceError::InvalidClient("client assertion has no SPIFFE ID".into())
+                    })
+                }),
+        )
+    }
+
+    pub fn policy(&self) -> arc_swap::Guard<Arc<Reloadable>> {
+        self.reloadable.load()
+    }
+
+    /// Readiness (contract §2 `/readyz`): keys loaded, bundles loaded, store reachable.
+    pub async fn readiness(&self) -> Result<(), String> {
+        let status = self.bundles.status();
+        if !status.is_ready() {
+            let names: Vec<String> = status.missing.iter().map(ToString::to_string).collect();
+            return Err(format!("trust bundles not loaded: {}", names.join(", ")));
+        }
+        self.revocations
+            .ping()
+            .await
+            .map_err(|e| format!("revocation store: {e}"))
+    }
+}
+
+/// Whether `id` matches any of `patterns`.
+pub(crate) fn allowed(patterns: &[SpiffePattern], id: &SpiffeId) -> bool {
+    patterns.iter().any(|p| p.matches(id))
+}
+
+/// Constant-time check of a presented secret against a stored lowercase-hex SHA-256.
+pub(crate) fn matches_sha256(presented: &str, stored_hex: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let got = jose::hex(&jose::sha256(presented.as_bytes()));
+    got.as_bytes().ct_eq(stored_hex.as_bytes()).into()
+}
+
+/// Checks HTTP Basic credentials against the configured static clients (argon2id).
+pub(crate) fn verify_static_client(clients: &[StaticClient], id: &str, secret: &str) -> bool {
+    use argon2::PasswordVerifier as _;
+    let Some(client) = clients.iter().find(|c| c.id == id) else {
+        return false;
+    };
+    match argon2::PasswordHash::new(&client.secret_hash) {
+        Ok(hash) => argon2::Argon2::default()
+            .verify_password(secret.as_bytes(), &hash)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+impl Service {
+    /// A minimal Prometheus text exposition of the counters (full metrics come later).
+    pub fn render_metrics(&self) -> String {
+        let c = &self.counters;
+        let mut out = String::new();
+        for (name, help, v) in [
+            (
+                "tessera_store_errors_total",
+                "Revocation store calls that failed.",
+                &c.store_errors,
+            ),
+            (
+                "tessera_audit_dropped_total",
+                "Audit events not written to the store tail.",
+                &c.audit_dropped,
+            ),
+            (
+                "tessera_inventory_write_failures_total",
+                "Issued tokens missing from the inventory.",
+                &c.inventory_write_failures,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+}
