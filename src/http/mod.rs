@@ -47,6 +47,8 @@ pub fn public_router(svc: AppState) -> Router {
         .route("/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(svc)
 }
@@ -64,8 +66,57 @@ pub fn admin_router(svc: AppState) -> Router {
         .route("/admin/v1/audit", get(admin_audit))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(svc)
+}
+
+/// Unknown paths and wrong methods get an OAuth-style JSON error and an audit event.
+fn refuse(
+    svc: &Service,
+    peer: Option<Extension<PeerInfo>>,
+    headers: &HeaderMap,
+    status: StatusCode,
+    what: &str,
+) -> Response {
+    let ctx = context(peer, headers);
+    let body = json!({"error": "invalid_request", "error_description": what});
+    audit_refusal(svc, &ctx, "request.rejected", json_no_store(status, &body))
+}
+
+async fn unknown_route(
+    State(svc): State<AppState>,
+    peer: Option<Extension<PeerInfo>>,
+    headers: HeaderMap,
+) -> Response {
+    refuse(
+        &svc,
+        peer,
+        &headers,
+        StatusCode::NOT_FOUND,
+        "no such endpoint",
+    )
+}
+
+async fn wrong_method(
+    State(svc): State<AppState>,
+    peer: Option<Extension<PeerInfo>>,
+    headers: HeaderMap,
+) -> Response {
+    refuse(
+        &svc,
+        peer,
+        &headers,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
+}
+
+/// A query string that does not decode: 400, audited.
+fn bad_query(svc: &Service, ctx: &RequestContext, event: &'static str) -> Response {
+    let resp = ApiError(ServiceError::InvalidRequest("bad query string".into())).into_response();
+    audit_refusal(svc, ctx, event, resp)
 }
 
 fn context(peer: Option<Extension<PeerInfo>>, headers: &HeaderMap) -> RequestContext {
@@ -400,7 +451,7 @@ async fn admin_revocations(
 ) -> Response {
     let (ctx, creds) = admin_input(peer, &headers);
     let Ok(Query(q)) = query else {
-        return ApiError(ServiceError::InvalidRequest("bad query string".into())).into_response();
+        return bad_query(&svc, &ctx, "admin.revocations.list");
     };
     match svc
         .admin_list_revocations(
@@ -440,7 +491,7 @@ async fn admin_tokens(
 ) -> Response {
     let (ctx, creds) = admin_input(peer, &headers);
     let Ok(Query(q)) = query else {
-        return ApiError(ServiceError::InvalidRequest("bad query string".into())).into_response();
+        return bad_query(&svc, &ctx, "admin.tokens.list");
     };
     let filter = TokenFilter {
         subject: q.subject.filter(|s| !s.is_empty()),
@@ -511,7 +562,7 @@ async fn admin_audit(
 ) -> Response {
     let (ctx, creds) = admin_input(peer, &headers);
     let Ok(Query(q)) = query else {
-        return ApiError(ServiceError::InvalidRequest("bad query string".into())).into_response();
+        return bad_query(&svc, &ctx, "admin.audit.query");
     };
     let since = match q.since.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => match crate::clock::parse_rfc3339(s) {
