@@ -582,7 +582,11 @@ path = "store.redb"
     fn errors_name_the_key_and_the_fix() {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case] = &[
-            ("[tokens]\nlifetim = \"5m\"\n", &[], "unknown field `lifetim`"),
+            (
+                "[tokens]\nlifetim = \"5m\"\n",
+                &[],
+                "unknown field `lifetim`",
+            ),
             ("", &[("TESSERA_TOKENS__MAX_TTL", "5x")], "tokens.max_ttl"),
             ("", &[("TESSERA_TOKENS__MAX_TTL", "2h")], "hard ceiling"),
             (

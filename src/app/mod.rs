@@ -157,25 +157,33 @@ pub fn start(
     })
 }
 
-/// Purges expired store entries and rotates keys when due.
+/// Every 5 s: pick up key ring changes made by other replicas. Every 30 s: purge
+/// expired store entries and rotate keys when due.
 async fn maintenance(svc: Arc<Service>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        ticks += 1;
         let now = svc.now();
+        let keys = svc.minter().keys();
+        if let Err(e) = keys.refresh(now, false) {
+            tracing::warn!(error = %e, "key ring refresh failed");
+        }
+        if ticks % 6 != 1 {
+            continue;
+        }
         if let Err(e) = svc.revocations.purge_expired(now).await {
             tracing::warn!(error = %e, "purge of expired entries failed");
         }
         let s = svc.settings();
-        let keys = svc.minter().keys();
-        if keys.rotation_due(now, s.rotate_every, s.prepublish) {
-            match keys.rotate(now) {
-                Ok(()) => tracing::info!("signing key rotated on schedule"),
-                Err(e) => tracing::error!(error = %e, "scheduled key rotation failed"),
-            }
+        match keys.rotate_if_due(now, s.rotate_every, s.prepublish) {
+            Ok(true) => tracing::info!("signing key rotated on schedule"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "scheduled key rotation failed"),
         }
     }
 }

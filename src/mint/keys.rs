@@ -1,6 +1,10 @@
 //! The signing key ring: one current key (signs), one next key (published ahead of use,
 //! contract §2 `signing.prepublish`), and retired keys kept in the JWKS until the last
 //! token they signed has expired. Persisted as one file, written atomically, mode 0600.
+//!
+//! Replicas share `signing.key_dir`: changes (rotation, kid revocation) happen under an
+//! exclusive file lock on the freshest file, and every replica re-reads the file when it
+//! changed — on a token with an unknown kid (at most once a second) and periodically.
 
 use crate::clock::UnixSeconds;
 use crate::jose::{self, SigningAlg, SigningKey, VerifyingKey};
@@ -9,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 const RING_FILE: &str = "keyring.json";
+const LOCK_FILE: &str = "keyring.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -86,6 +91,9 @@ pub struct KeyRing {
     /// How long a retired key must stay verifiable: the longest token life plus leeway.
     retain_for: u64,
     state: RwLock<RingState>,
+    /// SHA-256 of the file contents the in-memory ring was read from or written as.
+    loaded_digest: std::sync::Mutex<[u8; 32]>,
+    last_refresh: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -128,25 +136,36 @@ impl KeyRing {
         retain_for: u64,
         now: UnixSeconds,
     ) -> Result<Self, KeyError> {
-        let path = dir.join(RING_FILE);
-        let io = |e: std::io::Error| KeyError::Io {
-            path: path.display().to_string(),
+        std::fs::create_dir_all(dir).map_err(|e| KeyError::Io {
+            path: dir.display().to_string(),
             cause: e.to_string(),
-        };
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => Self::decode(&path, &bytes)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RingState {
-                current: fresh(alg, KeyState::Current, now)?,
-                next: fresh(alg, KeyState::Next, now)?,
-                retired: Vec::new(),
-            },
-            Err(e) => return Err(io(e)),
+        })?;
+        let _lock = lock_dir(dir)?;
+        let path = dir.join(RING_FILE);
+        let (state, digest) = match std::fs::read(&path) {
+            Ok(bytes) => (Self::decode(&path, &bytes)?, jose::sha256(&bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                RingState {
+                    current: fresh(alg, KeyState::Current, now)?,
+                    next: fresh(alg, KeyState::Next, now)?,
+                    retired: Vec::new(),
+                },
+                [0; 32],
+            ),
+            Err(e) => {
+                return Err(KeyError::Io {
+                    path: path.display().to_string(),
+                    cause: e.to_string(),
+                });
+            }
         };
         let ring = Self {
             dir: dir.to_owned(),
             alg,
             retain_for,
             state: RwLock::new(state),
+            loaded_digest: std::sync::Mutex::new(digest),
+            last_refresh: std::sync::atomic::AtomicI64::new(now),
         };
         // A changed `signing.algorithm` takes effect through the next key, so the
         // published-ahead rule still holds.
@@ -229,7 +248,55 @@ impl KeyRing {
         write_private_file(&self.dir.join(RING_FILE), &json).map_err(|e| KeyError::Io {
             path: self.dir.join(RING_FILE).display().to_string(),
             cause: e.to_string(),
-        })
+        })?;
+        *self
+            .loaded_digest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = jose::sha256(&json);
+        Ok(())
+    }
+
+    /// Re-reads the ring file if another replica changed it. Without `force`, at most
+    /// once per second. Returns whether the in-memory ring changed.
+    pub fn refresh(&self, now: UnixSeconds, force: bool) -> Result<bool, KeyError> {
+        use std::sync::atomic::Ordering;
+        if !force && now <= self.last_refresh.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        self.last_refresh.store(now, Ordering::Relaxed);
+        let path = self.dir.join(RING_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| KeyError::Io {
+            path: path.display().to_string(),
+            cause: e.to_string(),
+        })?;
+        let digest = jose::sha256(&bytes);
+        let mut loaded = self
+            .loaded_digest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *loaded == digest {
+            return Ok(false);
+        }
+        let state = Self::decode(&path, &bytes)?;
+        *self.write() = state;
+        *loaded = digest;
+        Ok(true)
+    }
+
+    /// `find`, re-reading the shared file once if the kid is unknown (another replica
+    /// may have rotated).
+    pub fn find_or_refresh(&self, kid: &str, now: UnixSeconds) -> Option<Arc<ManagedKey>> {
+        if let Some(k) = self.find(kid) {
+            return Some(k);
+        }
+        match self.refresh(now, false) {
+            Ok(true) => self.find(kid),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "key ring refresh failed");
+                None
+            }
+        }
     }
 
     pub fn current(&self) -> Arc<ManagedKey> {
@@ -278,6 +345,12 @@ impl KeyRing {
     /// Promotes next to current, retires current, creates a new next (admin rotate and
     /// scheduled rotation).
     pub fn rotate(&self, now: UnixSeconds) -> Result<(), KeyError> {
+        let _lock = lock_dir(&self.dir)?;
+        self.refresh(now, true)?;
+        self.rotate_locked(now)
+    }
+
+    fn rotate_locked(&self, now: UnixSeconds) -> Result<(), KeyError> {
         let new_next = fresh(self.alg, KeyState::Next, now)?;
         {
             let mut st = self.write();
@@ -304,6 +377,26 @@ impl KeyRing {
         self.persist()
     }
 
+    /// Scheduled rotation: under the lock and on the freshest file, so replicas that
+    /// notice at the same moment rotate once, not once each. Returns whether it rotated.
+    pub fn rotate_if_due(
+        &self,
+        now: UnixSeconds,
+        rotate_every: u64,
+        prepublish: u64,
+    ) -> Result<bool, KeyError> {
+        if !self.rotation_due(now, rotate_every, prepublish) {
+            return Ok(false);
+        }
+        let _lock = lock_dir(&self.dir)?;
+        self.refresh(now, true)?;
+        if !self.rotation_due(now, rotate_every, prepublish) {
+            return Ok(false);
+        }
+        self.rotate_locked(now)?;
+        Ok(true)
+    }
+
     /// Scheduled rotation is due when the current key has signed for `rotate_every` and
     /// the next key has been published for at least `prepublish`.
     pub fn rotation_due(&self, now: UnixSeconds, rotate_every: u64, prepublish: u64) -> bool {
@@ -316,6 +409,8 @@ impl KeyRing {
     /// Removes a key for good (kid revocation, contract §3). Revoking the current key
     /// first rotates, so issuance never stops; revoking the next key replaces it.
     pub fn remove(&self, kid: &str, now: UnixSeconds) -> Result<(), KeyError> {
+        let _lock = lock_dir(&self.dir)?;
+        self.refresh(now, true)?;
         let (is_current, is_next, is_retired) = {
             let st = self.read();
             (
@@ -325,7 +420,7 @@ impl KeyRing {
             )
         };
         if is_current {
-            self.rotate(now)?;
+            self.rotate_locked(now)?;
         } else if is_next {
             let replacement = fresh(self.alg, KeyState::Next, now)?;
             self.write().next = replacement;
@@ -347,6 +442,23 @@ fn retire(old: &ManagedKey, now: UnixSeconds) -> Result<Arc<ManagedKey>, KeyErro
         old.activated_at,
         Some(now),
     )
+}
+
+/// Serialises ring changes across processes sharing the directory (released on drop).
+fn lock_dir(dir: &Path) -> Result<std::fs::File, KeyError> {
+    let path = dir.join(LOCK_FILE);
+    let io = |e: std::io::Error| KeyError::Io {
+        path: path.display().to_string(),
+        cause: e.to_string(),
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    f.lock().map_err(io)?;
+    Ok(f)
 }
 
 /// Atomically replaces `path` with `bytes`, readable by the owner only.
@@ -420,6 +532,35 @@ mod tests {
             ring.remove("nope", 1100),
             Err(KeyError::UnknownKid(_))
         ));
+    }
+
+    #[test]
+    fn a_second_replica_sees_rotation_through_the_shared_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = KeyRing::open(dir.path(), SigningAlg::ES256, 900, 1000).unwrap();
+        let b = KeyRing::open(dir.path(), SigningAlg::ES256, 900, 1000).unwrap();
+        assert_eq!(a.current().key.kid(), b.current().key.kid());
+        a.rotate(1100).unwrap();
+        let new_kid = a.current().key.kid().to_owned();
+        assert!(
+            b.find(&new_kid).is_some(),
+            "the promoted key was b's next key too"
+        );
+        // A kid b has never seen (a's new next key) is found after a refresh.
+        let next = a
+            .info()
+            .into_iter()
+            .find(|k| k.state == KeyState::Next)
+            .unwrap()
+            .kid;
+        assert!(b.find(&next).is_none());
+        assert!(b.find_or_refresh(&next, 1101).is_some());
+        assert_eq!(b.current().key.kid(), new_kid);
+        // Rotation on b starts from the file, so both agree afterwards.
+        b.rotate(1200).unwrap();
+        a.refresh(1201, false).unwrap();
+        assert_eq!(a.current().key.kid(), b.current().key.kid());
+        assert_eq!(a.current().key.kid(), next);
     }
 
     #[test]

@@ -152,7 +152,10 @@ impl Minter {
             return Err(MintError::NotOurs);
         }
         let kid = jws.kid.clone().ok_or(MintError::NotOurs)?;
-        let key = self.keys.find(&kid).ok_or(MintError::UnknownKey)?;
+        let key = self
+            .keys
+            .find_or_refresh(&kid, now)
+            .ok_or(MintError::UnknownKey)?;
         let claims = jws
             .verify(&key.verifier)
             .map_err(|_| MintError::BadSignature)?;
