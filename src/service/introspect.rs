@@ -57,7 +57,10 @@ impl Caller {
 
 impl Service {
     /// Authenticates a caller of the introspection endpoint (contract §2).
-    fn introspection_caller(&self, creds: &CallerCredentials) -> Result<Caller, ServiceError> {
+    async fn introspection_caller(
+        &self,
+        creds: &CallerCredentials,
+    ) -> Result<Caller, ServiceError> {
         if let Some(result) = self.verify_assertion(creds) {
             let id = result?;
             if !allowed(&self.settings.introspection_allowed, &id) {
@@ -66,7 +69,17 @@ impl Service {
             return Ok(Caller::Workload(id.to_string()));
         }
         if let Some((id, secret)) = &creds.basic {
-            if verify_static_client(&self.settings.introspection_clients, id, secret) {
+            // argon2id is deliberately slow (tens of ms): keep it off the async workers.
+            let (clients, id2, secret) = (
+                self.settings.introspection_clients.clone(),
+                id.clone(),
+                secret.clone(),
+            );
+            let ok =
+                tokio::task::spawn_blocking(move || verify_static_client(&clients, &id2, &secret))
+                    .await
+                    .unwrap_or(false);
+            if ok {
                 return Ok(Caller::StaticClient(id.clone()));
             }
             return Err(ServiceError::InvalidClient(
@@ -93,7 +106,7 @@ impl Service {
         params: &Params,
         creds: &CallerCredentials,
     ) -> Result<IntrospectionResponse, ServiceError> {
-        let caller = self.introspection_caller(creds)?;
+        let caller = self.introspection_caller(creds).await?;
         ev.subject = Some(caller.name());
         let token = params.require("token")?;
         let now = self.now();
