@@ -6,16 +6,17 @@ pub mod server;
 
 use crate::clock::rfc3339;
 use crate::mint::keys::KeyInfo;
-use crate::revocation::{AuditFilter, IssuedToken, RevocationRecord, TokenFilter};
+use crate::revocation::{AuditFilter, IssuedToken, Page, RevocationRecord, TokenFilter};
 use crate::service::admin::{RevocationRequest, page_request};
 use crate::service::{CallerCredentials, Params, RequestContext, Service, ServiceError};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use base64::Engine as _;
 use error::{ApiError, payload_too_large};
 use serde::Deserialize;
@@ -73,41 +74,24 @@ pub fn admin_router(svc: AppState) -> Router {
 }
 
 /// Unknown paths and wrong methods get an OAuth-style JSON error and an audit event.
-fn refuse(
-    svc: &Service,
-    peer: Option<Extension<PeerInfo>>,
-    headers: &HeaderMap,
-    status: StatusCode,
-    what: &str,
-) -> Response {
-    let ctx = context(peer, headers);
+fn refuse(svc: &Service, i: &AdminInput, status: StatusCode, what: &str) -> Response {
     let body = json!({"error": "invalid_request", "error_description": what});
-    audit_refusal(svc, &ctx, "request.rejected", json_no_store(status, &body))
-}
-
-async fn unknown_route(
-    State(svc): State<AppState>,
-    peer: Option<Extension<PeerInfo>>,
-    headers: HeaderMap,
-) -> Response {
-    refuse(
-        &svc,
-        peer,
-        &headers,
-        StatusCode::NOT_FOUND,
-        "no such endpoint",
+    audit_refusal(
+        svc,
+        &i.ctx,
+        "request.rejected",
+        json_no_store(status, &body),
     )
 }
 
-async fn wrong_method(
-    State(svc): State<AppState>,
-    peer: Option<Extension<PeerInfo>>,
-    headers: HeaderMap,
-) -> Response {
+async fn unknown_route(State(svc): State<AppState>, i: AdminInput) -> Response {
+    refuse(&svc, &i, StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn wrong_method(State(svc): State<AppState>, i: AdminInput) -> Response {
     refuse(
         &svc,
-        peer,
-        &headers,
+        &i,
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this endpoint",
     )
@@ -119,7 +103,7 @@ fn bad_query(svc: &Service, ctx: &RequestContext, event: &'static str) -> Respon
     audit_refusal(svc, ctx, event, resp)
 }
 
-fn context(peer: Option<Extension<PeerInfo>>, headers: &HeaderMap) -> RequestContext {
+fn context(peer: Option<PeerInfo>, headers: &HeaderMap) -> RequestContext {
     // A caller-supplied request id is kept only if it is short and plain.
     let request_id = headers
         .get("x-request-id")
@@ -136,7 +120,7 @@ fn context(peer: Option<Extension<PeerInfo>>, headers: &HeaderMap) -> RequestCon
                 .unwrap_or_default()
         });
     RequestContext {
-        remote_addr: peer.map(|Extension(p)| p.remote_addr),
+        remote_addr: peer.map(|p| p.remote_addr),
         request_id,
     }
 }
@@ -250,52 +234,74 @@ fn audit_refusal(
     resp
 }
 
-async fn token(
-    State(svc): State<AppState>,
-    peer: Option<Extension<PeerInfo>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let ctx = context(peer, &headers);
-    let (params, creds) = match oauth_input(&headers, body) {
-        Ok(v) => v,
-        Err(resp) => return audit_refusal(&svc, &ctx, "token.denied", resp),
-    };
-    match svc.exchange(&ctx, &params, &creds).await {
-        Ok(r) => json_no_store(StatusCode::OK, &r),
+/// Form body, caller credentials and request context of `/token`, `/introspect` and
+/// `/revoke`. A request refused while decoding is answered and audited here.
+struct OAuthInput {
+    ctx: RequestContext,
+    params: Params,
+    creds: CallerCredentials,
+}
+
+impl FromRequest<AppState> for OAuthInput {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, svc: &AppState) -> Result<Self, Response> {
+        let event = match req.uri().path() {
+            "/introspect" => "token.introspected",
+            "/revoke" => "token.revoked",
+            _ => "token.denied",
+        };
+        let headers = req.headers().clone();
+        let ctx = context(req.extensions().get::<PeerInfo>().copied(), &headers);
+        let body = Bytes::from_request(req, svc).await;
+        match oauth_input(&headers, body) {
+            Ok((params, creds)) => Ok(Self { ctx, params, creds }),
+            Err(resp) => Err(audit_refusal(svc, &ctx, event, resp)),
+        }
+    }
+}
+
+/// Request context and credentials of an admin call (a malformed header is no credential).
+struct AdminInput {
+    ctx: RequestContext,
+    creds: CallerCredentials,
+}
+
+impl FromRequestParts<AppState> for AdminInput {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        let ctx = context(parts.extensions.get::<PeerInfo>().copied(), &parts.headers);
+        let creds = credentials(&parts.headers).unwrap_or_default();
+        Ok(Self { ctx, creds })
+    }
+}
+
+/// Renders a service result: JSON with `no-store`, or the one error mapping.
+fn respond<T: serde::Serialize>(status: StatusCode, result: Result<T, ServiceError>) -> Response {
+    match result {
+        Ok(v) => json_no_store(status, &v),
         Err(e) => ApiError(e).into_response(),
     }
 }
 
-async fn introspect(
-    State(svc): State<AppState>,
-    peer: Option<Extension<PeerInfo>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let ctx = context(peer, &headers);
-    let (params, creds) = match oauth_input(&headers, body) {
-        Ok(v) => v,
-        Err(resp) => return audit_refusal(&svc, &ctx, "token.introspected", resp),
-    };
-    match svc.introspect(&ctx, &params, &creds).await {
-        Ok(r) => json_no_store(StatusCode::OK, &r),
-        Err(e) => ApiError(e).into_response(),
-    }
+async fn token(State(svc): State<AppState>, i: OAuthInput) -> Response {
+    respond(
+        StatusCode::OK,
+        svc.exchange(&i.ctx, &i.params, &i.creds).await,
+    )
 }
 
-async fn revoke(
-    State(svc): State<AppState>,
-    peer: Option<Extension<PeerInfo>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let ctx = context(peer, &headers);
-    let (params, creds) = match oauth_input(&headers, body) {
-        Ok(v) => v,
-        Err(resp) => return audit_refusal(&svc, &ctx, "token.revoked", resp),
-    };
-    match svc.revoke_token(&ctx, &params, &creds).await {
+async fn introspect(State(svc): State<AppState>, i: OAuthInput) -> Response {
+    respond(
+        StatusCode::OK,
+        svc.introspect(&i.ctx, &i.params, &i.creds).await,
+    )
+}
+
+/// RFC 7009 §2.2: 200 with an empty body.
+async fn revoke(State(svc): State<AppState>, i: OAuthInput) -> Response {
+    match svc.revoke_token(&i.ctx, &i.params, &i.creds).await {
         Ok(()) => no_store(StatusCode::OK.into_response()),
         Err(e) => ApiError(e).into_response(),
     }
@@ -385,37 +391,18 @@ fn key_json(k: &KeyInfo) -> Value {
     json!({"kid": k.kid, "alg": k.alg, "state": k.state, "created_at": rfc3339(k.created_at)})
 }
 
-fn list(items: Vec<Value>, next_cursor: Option<String>) -> Response {
-    json_no_store(
-        StatusCode::OK,
-        &json!({"items": items, "next_cursor": next_cursor}),
-    )
-}
-
-/// Admin preamble: request context and credentials (a malformed header is a 401).
-fn admin_input(
-    peer: Option<Extension<PeerInfo>>,
-    headers: &HeaderMap,
-) -> (RequestContext, CallerCredentials) {
-    let ctx = context(peer, headers);
-    (ctx, credentials(headers).unwrap_or_default())
-}
-
 async fn admin_revoke(
     State(svc): State<AppState>,
-    peer: Option<Extension<PeerInfo>>,
-    headers: HeaderMap,
+    i: AdminInput,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (ctx, creds) = admin_input(peer, &headers);
     let body = match body_or_413(body) {
         Ok(b) => b,
-        Err(resp) => return audit_refusal(&svc, &ctx, "admin.revoke", resp),
+        Err(resp) => return audit_refusal(&svc, &i.ctx, "admin.revoke", resp),
     };
     // Authenticate before parsing, so an anonymous caller learns nothing from errors.
-    if let Err(e) = svc.admin_authorized(&creds) {
-        let resp = ApiError(e).into_response();
-        return audit_refusal(&svc, &ctx, "admin.revoke", resp);
+    if let Err(e) = svc.admin_authorized(&i.creds) {
+        return audit_refusal(&svc, &i.ctx, "admin.revoke", ApiError(e).into_response());
     }
     let req: RevocationRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -425,13 +412,11 @@ async fn admin_revoke(
                 e.to_string().chars().take(120).collect::<String>()
             );
             let resp = ApiError(ServiceError::InvalidRequest(msg)).into_response();
-            return audit_refusal(&svc, &ctx, "admin.revoke", resp);
+            return audit_refusal(&svc, &i.ctx, "admin.revoke", resp);
         }
     };
-    match svc.admin_revoke(&ctx, &creds, req).await {
-        Ok(rec) => json_no_store(StatusCode::CREATED, &revocation_json(&rec)),
-        Err(e) => ApiError(e).into_response(),
-    }
+    let result = svc.admin_revoke(&i.ctx, &i.creds, req).await;
+    respond(StatusCode::CREATED, result.map(|r| revocation_json(&r)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -443,41 +428,34 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
+fn page_json<T>(page: Page<T>, render: fn(&T) -> Value) -> Value {
+    json!({"items": page.items.iter().map(render).collect::<Vec<_>>(), "next_cursor": page.next_cursor})
+}
+
 async fn admin_revocations(
     State(svc): State<AppState>,
-    peer: Option<Extension<PeerInfo>>,
-    headers: HeaderMap,
+    i: AdminInput,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
-    let (ctx, creds) = admin_input(peer, &headers);
     let Ok(Query(q)) = query else {
-        return bad_query(&svc, &ctx, "admin.revocations.list");
+        return bad_query(&svc, &i.ctx, "admin.revocations.list");
     };
-    match svc
-        .admin_list_revocations(
-            &ctx,
-            &creds,
-            q.kind.as_deref(),
-            page_request(q.limit, q.cursor),
-        )
-        .await
-    {
-        Ok(page) => list(
-            page.items.iter().map(revocation_json).collect(),
-            page.next_cursor,
-        ),
-        Err(e) => ApiError(e).into_response(),
-    }
+    let page = page_request(q.limit, q.cursor);
+    let result = svc
+        .admin_list_revocations(&i.ctx, &i.creds, q.kind.as_deref(), page)
+        .await;
+    respond(
+        StatusCode::OK,
+        result.map(|p| page_json(p, revocation_json)),
+    )
 }
 
 async fn admin_lift(
     State(svc): State<AppState>,
-    peer: Option<Extension<PeerInfo>>,
-    headers: HeaderMap,
+    i: AdminInput,
     Path(id): Path<String>,
 ) -> Response {
-    let (ctx, creds) = admin_input(peer, &headers);
-    match svc.admin_lift(&ctx, &creds, &id).await {
+    match svc.admin_lift(&i.ctx, &i.creds, &id).await {
         Ok(()) => no_store(StatusCode::NO_CONTENT.into_response()),
         Err(e) => ApiError(e).into_response(),
     }
@@ -485,65 +463,40 @@ async fn admin_lift(
 
 async fn admin_tokens(
     State(svc): State<AppState>,
-    peer: Option<Extension<PeerInfo>>,
-    headers: HeaderMap,
+    i: AdminInput,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
-    let (ctx, creds) = admin_input(peer, &headers);
     let Ok(Query(q)) = query else {
-        return bad_query(&svc, &ctx, "admin.tokens.list");
+        return bad_query(&svc, &i.ctx, "admin.tokens.list");
     };
     let filter = TokenFilter {
         subject: q.subject.filter(|s| !s.is_empty()),
         audience: q.audience.filter(|s| !s.is_empty()),
     };
-    match svc
-        .admin_tokens(&ctx, &creds, filter, page_request(q.limit, q.cursor))
-        .await
-    {
-        Ok(page) => list(
-            page.items.iter().map(token_json).collect(),
-            page.next_cursor,
-        ),
-        Err(e) => ApiError(e).into_response(),
-    }
+    let result = svc
+        .admin_tokens(&i.ctx, &i.creds, filter, page_request(q.limit, q.cursor))
+        .await;
+    respond(StatusCode::OK, result.map(|p| page_json(p, token_json)))
 }
 
-async fn admin_rotate(
-    State(svc): State<AppState>,
-    peer: Option<Extension<PeerInfo>>,
-    headers: HeaderMap,
-) -> Response {
-    let (ctx, creds) = admin_input(peer, &headers);
-    match svc.admin_rotate_keys(&ctx, &creds).await {
-        Ok(keys) => json_no_store(
-            StatusCode::OK,
-            &json!({"keys": keys.iter().map(key_json).collect::<Vec<_>>()}),
-        ),
-        Err(e) => ApiError(e).into_response(),
-    }
+async fn admin_rotate(State(svc): State<AppState>, i: AdminInput) -> Response {
+    let result = svc.admin_rotate_keys(&i.ctx, &i.creds).await;
+    respond(
+        StatusCode::OK,
+        result.map(|keys| json!({"keys": keys.iter().map(key_json).collect::<Vec<_>>()})),
+    )
 }
 
-async fn admin_reload(
-    State(svc): State<AppState>,
-    peer: Option<Extension<PeerInfo>>,
-    headers: HeaderMap,
-) -> Response {
-    let (ctx, creds) = admin_input(peer, &headers);
-    match svc.admin_reload(&ctx, &creds).await {
-        Ok(o) => {
-            let failed: Vec<Value> = o
-                .bundles_failed
-                .iter()
-                .map(|(td, e)| json!({"trust_domain": td, "error": e}))
-                .collect();
-            json_no_store(
-                StatusCode::OK,
-                &json!({"rules": o.rules, "bundles_failed": failed}),
-            )
-        }
-        Err(e) => ApiError(e).into_response(),
-    }
+async fn admin_reload(State(svc): State<AppState>, i: AdminInput) -> Response {
+    let result = svc.admin_reload(&i.ctx, &i.creds).await.map(|o| {
+        let failed: Vec<Value> = o
+            .bundles_failed
+            .iter()
+            .map(|(td, e)| json!({"trust_domain": td, "error": e}))
+            .collect();
+        json!({"rules": o.rules, "bundles_failed": failed})
+    });
+    respond(StatusCode::OK, result)
 }
 
 #[derive(Debug, Deserialize)]
@@ -556,22 +509,23 @@ struct AuditQuery {
 
 async fn admin_audit(
     State(svc): State<AppState>,
-    peer: Option<Extension<PeerInfo>>,
-    headers: HeaderMap,
+    i: AdminInput,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
-    let (ctx, creds) = admin_input(peer, &headers);
     let Ok(Query(q)) = query else {
-        return bad_query(&svc, &ctx, "admin.audit.query");
+        return bad_query(&svc, &i.ctx, "admin.audit.query");
     };
     let since = match q.since.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => match crate::clock::parse_rfc3339(s) {
             Some(t) => Some(t),
             None => {
-                return ApiError(ServiceError::InvalidRequest(
-                    "since must be an RFC 3339 time".into(),
-                ))
-                .into_response();
+                let e = ServiceError::InvalidRequest("since must be an RFC 3339 time".into());
+                return audit_refusal(
+                    &svc,
+                    &i.ctx,
+                    "admin.audit.query",
+                    ApiError(e).into_response(),
+                );
             }
         },
         None => None,
@@ -581,16 +535,17 @@ async fn admin_audit(
         subject: q.subject.filter(|s| !s.is_empty()),
         outcome: q.outcome.filter(|s| !s.is_empty()),
     };
-    match svc.admin_audit(&ctx, &creds, filter, q.limit).await {
-        Ok(events) => {
-            let items = events
+    let result = svc
+        .admin_audit(&i.ctx, &i.creds, filter, q.limit)
+        .await
+        .map(|events| {
+            let items: Vec<Value> = events
                 .iter()
                 .map(|e| serde_json::from_str::<Value>(&e.json).unwrap_or(Value::Null))
                 .collect();
-            list(items, None)
-        }
-        Err(e) => ApiError(e).into_response(),
-    }
+            json!({"items": items, "next_cursor": null})
+        });
+    respond(StatusCode::OK, result)
 }
 
 async fn metrics(State(svc): State<AppState>, headers: HeaderMap) -> Response {
