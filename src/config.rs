@@ -181,7 +181,10 @@ pub struct Settings {
     pub key_dir: PathBuf,
     pub rotate_every: u64,
     pub prepublish: u64,
+    /// The embedded store's file (used when `redis` is `None`).
     pub store_path: PathBuf,
+    /// `store.backend = "redis"`: the shared store of every replica.
+    pub redis: Option<RedisSettings>,
     pub trust_domains: Vec<(TrustDomain, PathBuf)>,
     pub introspection_allowed: Vec<SpiffePattern>,
     pub introspection_clients: Vec<StaticClient>,
@@ -189,6 +192,26 @@ pub struct Settings {
     pub per_identity_limit: Option<u32>,
     pub audit_file: Option<PathBuf>,
     pub dev_mode: bool,
+}
+
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// `redis://`, `rediss://`, `redis+sentinel://…`, `redis+cluster://…` (docs/operations.md).
+    pub url: String,
+    pub key_prefix: String,
+    /// Replicas that must acknowledge a revocation (`WAIT`) before it is reported done.
+    pub min_replicas_ack: u32,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RedisSettings(prefix={:?}, min_replicas_ack={})",
+            self.key_prefix, self.min_replicas_ack
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -410,18 +433,56 @@ impl FileConfig {
             ));
         }
         let backend = self.store.backend.as_deref().unwrap_or("embedded");
-        let store_path = match backend {
-            "embedded" => resolve(self.store.path.ok_or_else(|| {
-                key_err(
-                    "store.path",
-                    "missing; set the embedded store file, e.g. \"/var/lib/tessera/store\"",
-                )
-            })?),
+        let (store_path, redis) = match backend {
+            "embedded" => (
+                resolve(self.store.path.ok_or_else(|| {
+                    key_err(
+                        "store.path",
+                        "missing; set the embedded store file, e.g. \"/var/lib/tessera/store\"",
+                    )
+                })?),
+                None,
+            ),
             "redis" => {
-                return Err(key_err(
-                    "store.backend",
-                    "\"redis\" is not available in this build yet; use \"embedded\" with store.path",
-                ));
+                let url = self.store.redis_url.ok_or_else(|| {
+                    key_err(
+                        "store.redis_url",
+                        "missing; set e.g. \"redis://127.0.0.1:6379/0\" (see docs/operations.md for Sentinel and Cluster forms)",
+                    )
+                })?;
+                const SCHEMES: [&str; 4] = [
+                    "redis://",
+                    "rediss://",
+                    "redis+sentinel://",
+                    "redis+cluster://",
+                ];
+                if !SCHEMES.iter().any(|p| url.starts_with(p)) {
+                    return Err(key_err(
+                        "store.redis_url",
+                        "must start with redis://, rediss://, redis+sentinel:// or redis+cluster://",
+                    ));
+                }
+                let key_prefix = self
+                    .store
+                    .key_prefix
+                    .unwrap_or_else(|| "tessera:".to_owned());
+                if key_prefix.is_empty()
+                    || key_prefix.len() > 64
+                    || key_prefix.contains(['{', '}', ' '])
+                {
+                    return Err(key_err(
+                        "store.key_prefix",
+                        "must be 1-64 characters without spaces or braces, e.g. \"tessera:\"",
+                    ));
+                }
+                (
+                    PathBuf::new(),
+                    Some(RedisSettings {
+                        url,
+                        key_prefix,
+                        min_replicas_ack: self.store.min_replicas_ack.unwrap_or(0),
+                    }),
+                )
             }
             other => {
                 return Err(key_err(
@@ -505,6 +566,7 @@ impl FileConfig {
             rotate_every,
             prepublish,
             store_path,
+            redis,
             trust_domains,
             introspection_allowed: patterns("introspection.allowed", &self.introspection.allowed)?,
             introspection_clients,
@@ -627,6 +689,38 @@ path = "store.redb"
             err.contains("`issuer`") && err.contains("https://"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn redis_backend_needs_a_url_and_takes_the_prefix() {
+        let redis = validate(
+            MINIMAL,
+            &[
+                ("TESSERA_STORE__BACKEND", "redis"),
+                (
+                    "TESSERA_STORE__REDIS_URL",
+                    "redis+sentinel://h1:26379,h2:26379/mymaster",
+                ),
+                ("TESSERA_STORE__MIN_REPLICAS_ACK", "1"),
+            ],
+        )
+        .unwrap()
+        .redis
+        .unwrap();
+        assert_eq!(redis.key_prefix, "tessera:");
+        assert_eq!(redis.min_replicas_ack, 1);
+        let err = validate(MINIMAL, &[("TESSERA_STORE__BACKEND", "redis")]).unwrap_err();
+        assert!(err.contains("store.redis_url"), "{err}");
+        let err = validate(
+            MINIMAL,
+            &[
+                ("TESSERA_STORE__BACKEND", "redis"),
+                ("TESSERA_STORE__REDIS_URL", "http://x"),
+            ],
+        )
+        .unwrap_err();
+        assert!(err.contains("store.redis_url"), "{err}");
+        assert!(validate(MINIMAL, &[]).unwrap().redis.is_none());
     }
 
     #[test]

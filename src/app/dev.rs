@@ -118,6 +118,7 @@ pub fn prepare(dir: &Path, public: SocketAddr, admin: SocketAddr) -> Result<Sett
         rotate_every: 86_400,
         prepublish: 3600,
         store_path: dir.join("store.redb"),
+        redis: None,
         trust_domains: vec![(td, p.bundle())],
         introspection_allowed: vec![pattern("spiffe://dev.local/**")?],
         introspection_clients: Vec::new(),

@@ -59,6 +59,11 @@ pub async fn build_service(
         KeyRing::open(&settings.key_dir, settings.signing_alg, retain, now)
             .map_err(|e| AppError::Keys(e.to_string()))?,
     );
+    if settings.redis.is_some() {
+        return Err(AppError::Store(
+            "store.backend = \"redis\" is not wired in yet; use \"embedded\"".into(),
+        ));
+    }
     let store = Arc::new(
         EmbeddedStore::open(&settings.store_path).map_err(|e| AppError::Store(e.to_string()))?,
     );
