@@ -351,7 +351,14 @@ async fn healthz() -> Response {
 
 async fn readyz(State(svc): State<AppState>) -> Response {
     match svc.readiness().await {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
+        Ok(warnings) if warnings.is_empty() => {
+            (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+        }
+        Ok(warnings) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "warnings": warnings})),
+        )
+            .into_response(),
         Err(detail) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "not_ready", "detail": detail})),

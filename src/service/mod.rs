@@ -314,7 +314,8 @@ impl Service {
     }
 
     /// Readiness (contract §2 `/readyz`): keys loaded, bundles loaded, store reachable.
-    pub async fn readiness(&self) -> Result<(), String> {
+    /// `Ok` carries warnings that do not make the server unready (stale bundles).
+    pub async fn readiness(&self) -> Result<Vec<String>, String> {
         let status = self.bundles.status();
         if !status.is_ready() {
             let names: Vec<String> = status.missing.iter().map(ToString::to_string).collect();
@@ -323,7 +324,12 @@ impl Service {
         self.revocations
             .ping()
             .await
-            .map_err(|e| format!("revocation store: {e}"))
+            .map_err(|e| format!("revocation store: {e}"))?;
+        Ok(status
+            .stale
+            .iter()
+            .map(|td| format!("trust bundle of {td} failed to reload; serving the last good one"))
+            .collect())
     }
 }
 
