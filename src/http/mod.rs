@@ -400,7 +400,9 @@ async fn admin_revocations(
 ) -> Response {
     let (ctx, creds) = admin_input(peer, &headers);
     let Ok(Query(q)) = query else {
-        return ApiError(ServiceError::InvalidRequest("bad query string".into())).into_response();
+        let resp =
+            ApiError(ServiceError::InvalidRequest("bad query string".into())).into_response();
+        return audit_refusal(&svc, &ctx, "admin.revocations.list", resp);
     };
     match svc
         .admin_list_revocations(
@@ -440,7 +442,9 @@ async fn admin_tokens(
 ) -> Response {
     let (ctx, creds) = admin_input(peer, &headers);
     let Ok(Query(q)) = query else {
-        return ApiError(ServiceError::InvalidRequest("bad query string".into())).into_response();
+        let resp =
+            ApiError(ServiceError::InvalidRequest("bad query string".into())).into_response();
+        return audit_refusal(&svc, &ctx, "admin.tokens.list", resp);
     };
     let filter = TokenFilter {
         subject: q.subject.filter(|s| !s.is_empty()),
@@ -511,16 +515,19 @@ async fn admin_audit(
 ) -> Response {
     let (ctx, creds) = admin_input(peer, &headers);
     let Ok(Query(q)) = query else {
-        return ApiError(ServiceError::InvalidRequest("bad query string".into())).into_response();
+        let resp =
+            ApiError(ServiceError::InvalidRequest("bad query string".into())).into_response();
+        return audit_refusal(&svc, &ctx, "admin.audit.query", resp);
     };
     let since = match q.since.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => match crate::clock::parse_rfc3339(s) {
             Some(t) => Some(t),
             None => {
-                return ApiError(ServiceError::InvalidRequest(
+                let resp = ApiError(ServiceError::InvalidRequest(
                     "since must be an RFC 3339 time".into(),
                 ))
                 .into_response();
+                return audit_refusal(&svc, &ctx, "admin.audit.query", resp);
             }
         },
         None => None,

@@ -205,15 +205,15 @@ impl Service {
         kind: Option<&str>,
         page: PageRequest,
     ) -> Result<Page<RevocationRecord>, ServiceError> {
-        let kind = match kind.filter(|k| !k.is_empty()) {
-            Some(k) => Some(RevocationKind::parse(k).ok_or_else(|| {
-                ServiceError::InvalidRequest("kind must be jti, subject or kid".into())
-            })?),
-            None => None,
-        };
         let (ev, auth) = self.admin_begin(creds, "admin.revocations.list");
         let result = async {
             auth?;
+            let kind = match kind.filter(|k| !k.is_empty()) {
+                Some(k) => Some(RevocationKind::parse(k).ok_or_else(|| {
+                    ServiceError::InvalidRequest("kind must be jti, subject or kid".into())
+                })?),
+                None => None,
+            };
             self.revocations
                 .list_revocations(kind, &page, self.now())
                 .await
