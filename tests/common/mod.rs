@@ -416,8 +416,8 @@ pub struct Server {
     counter: AtomicU64,
     /// Request ids of audited requests sent through the harness.
     audited: Mutex<Vec<String>>,
-    /// Every response body seen, for the secret scan.
-    pub responses: Mutex<Vec<String>>,
+    /// Every response seen (path, status, body), for the secret scan.
+    pub responses: Mutex<Vec<(String, u16, String)>>,
 }
 
 impl Server {
@@ -441,7 +441,7 @@ impl Server {
         let rid = format!("req-{}", self.counter.fetch_add(1, Ordering::SeqCst));
         let mut req = self
             .client
-            .request(method, &url)
+            .request(method, url.as_str())
             .header("x-request-id", &rid);
         let mut form = form;
         match auth {
@@ -467,7 +467,14 @@ impl Server {
         if audited {
             self.audited.lock().unwrap().push(rid.clone());
         }
-        self.responses.lock().unwrap().push(text.clone());
+        let path = url.split_once("127.0.0.1").map_or("", |(_, p)| p);
+        let path = path
+            .split_once('/')
+            .map_or(String::new(), |(_, p)| format!("/{p}"));
+        self.responses
+            .lock()
+            .unwrap()
+            .push((path, status, text.clone()));
         Resp {
             status,
             headers,
