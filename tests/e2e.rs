@@ -974,7 +974,7 @@ async fn every_request_has_one_audit_line_with_event_and_outcome() {
     assert_eq!(line["audience"], LEDGER);
     assert_eq!(line["rule"], "payments-ledger");
     assert_eq!(line["scope"], "ledger:read");
-    assert_eq!(line["issuer_kind"].is_string(), true);
+    assert!(line["issuer_kind"].is_string());
     assert_eq!(line["remote_addr"], "127.0.0.1");
     assert!(line["ts"].as_str().unwrap().ends_with('Z'));
     seen.push((r, "token.issued", "success"));
