@@ -582,7 +582,11 @@ path = "store.redb"
     fn errors_name_the_key_and_the_fix() {
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case] = &[
-            ("[server]\nlisen = \"x\"\n", &[], "unknown field `lisen`"),
+            (
+                "[tokens]\nmax_tll = \"5m\"\n",
+                &[],
+                "unknown field `max_tll`",
+            ),
             ("", &[("TESSERA_TOKENS__MAX_TTL", "5x")], "tokens.max_ttl"),
             ("", &[("TESSERA_TOKENS__MAX_TTL", "2h")], "hard ceiling"),
             (
