@@ -377,6 +377,22 @@ async fn token_invalid_request() {
     let mut bad_type = exchange_form(&svid, LEDGER);
     bad_type[2].1 = "urn:ietf:params:oauth:token-type:saml2";
     token_error(&srv, &bad_type, Auth::None, 400, "invalid_request").await;
+    let mut bad_requested = exchange_form(&svid, LEDGER);
+    bad_requested.push((
+        "requested_token_type",
+        "urn:ietf:params:oauth:token-type:saml2",
+    ));
+    token_error(&srv, &bad_requested, Auth::None, 400, "invalid_request").await;
+    let mut actor_without_type = exchange_form(&svid, LEDGER);
+    actor_without_type.push(("actor_token", &svid));
+    token_error(
+        &srv,
+        &actor_without_type,
+        Auth::None,
+        400,
+        "invalid_request",
+    )
+    .await;
     // The same SVID is fine in a well-formed request, with `resource` as the target.
     let mut ok = exchange_form(&svid, LEDGER);
     ok[3] = ("resource", LEDGER);
@@ -441,6 +457,14 @@ async fn token_invalid_grant() {
         (
             "not yet valid",
             env.svid_claims(&json!({"sub": PAYMENTS, "aud": [ISSUER], "iat": now, "nbf": now + 600, "exp": now + 1200})),
+        ),
+        (
+            "issued in the future",
+            env.svid_claims(&json!({"sub": PAYMENTS, "aud": [ISSUER], "iat": now + 600, "exp": now + 1200})),
+        ),
+        (
+            "no exp",
+            env.svid_claims(&json!({"sub": PAYMENTS, "aud": [ISSUER], "iat": now})),
         ),
         (
             "our own access token replayed as an SVID",
@@ -842,6 +866,12 @@ async fn admin_rotation_keeps_old_tokens_and_promotes_the_next_key() {
         josekit_verify(&t2, &jwks).is_ok(),
         "the promoted key was published ahead"
     );
+    // The retired key leaves the JWKS once its last token can have expired
+    // (global max_ttl 15m + leeway 30s).
+    srv.clock().advance(15 * 60 + 31);
+    let kids = srv.jwks_kids().await;
+    assert!(!kids.contains(&old), "{kids:?}");
+    assert!(kids.contains(&next) && kids.contains(&new_next), "{kids:?}");
     srv.assert_every_request_audited_once();
 }
 
@@ -900,6 +930,12 @@ async fn lifetime_is_the_minimum_of_rule_global_and_svid() {
             want
         );
     }
+    // Introspection follows the token's exp on the manual clock.
+    let t = srv.token_for(PAYMENTS, LEDGER, None).await;
+    srv.clock().advance(299);
+    assert!(srv.active(&t).await, "one second before exp");
+    srv.clock().advance(1);
+    assert!(!srv.active(&t).await, "expired at exp");
     srv.assert_every_request_audited_once();
 }
 

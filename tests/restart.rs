@@ -148,7 +148,8 @@ async fn serve_config(
         cmd.args(["serve", "--config"])
             .arg(&env.config_path)
             .env("TESSERA_SERVER__LISTEN", format!("127.0.0.1:{p}"))
-            .env("TESSERA_ADMIN__LISTEN", format!("127.0.0.1:{a}"));
+            .env("TESSERA_ADMIN__LISTEN", format!("127.0.0.1:{a}"))
+            .env("TESSERA_LOG", "tessera=trace,warn");
         let log = env.path().join(format!("server-{attempt}-{p}.log"));
         let url = format!("https://127.0.0.1:{p}/healthz");
         if let Some(proc) = spawn_until_healthy(cmd, client, &url, &log).await {
@@ -248,7 +249,7 @@ async fn revocations_and_keys_survive_kill_9() {
 
     proc.kill9();
     drop(proc);
-    let (_proc, _, _) = serve_config(&env, &client, Some((p, a))).await;
+    let (proc, _, _) = serve_config(&env, &client, Some((p, a))).await;
 
     assert_eq!(
         introspect(token.clone()).await,
@@ -266,7 +267,23 @@ async fn revocations_and_keys_survive_kill_9() {
     assert_eq!(status, 200, "{body}");
     let fresh = body["access_token"].as_str().unwrap().to_owned();
     assert_eq!(jws_part(&fresh, 0)["kid"], kid.as_str(), "same current key");
-    assert_eq!(introspect(fresh).await["active"], true);
+    assert_eq!(introspect(fresh.clone()).await["active"], true);
+
+    // The process's own audit file and logs (both runs) name jtis, never tokens.
+    let audit = std::fs::read_to_string(env.path().join("audit.jsonl")).unwrap();
+    assert!(audit.contains(&jti), "the revocation is audited by jti");
+    let mut logs = proc.stderr();
+    for e in std::fs::read_dir(env.path()).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "log") {
+            logs.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+    for secret in [&token, &keep, &fresh, &env.admin_token] {
+        let sig = secret.rsplit('.').next().unwrap();
+        assert!(!audit.contains(sig), "a secret in the audit file");
+        assert!(!logs.contains(sig), "a secret in the server log");
+    }
 }
 
 #[test]
