@@ -818,6 +818,19 @@ async fn kid_revocation_rotates_and_unpublishes_the_key() {
         "issuance continues with the promoted next key"
     );
     assert!(srv.active(&t2).await);
+
+    // Lifting the key revocation brings the key back (published, trusted, not signing).
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let lifted = srv
+        .admin(Method::DELETE, &format!("/admin/v1/revocations/{id}"), None)
+        .await;
+    assert_eq!(lifted.status, 204, "{}", lifted.text);
+    assert!(
+        srv.active(&t).await,
+        "token of the restored key is active again"
+    );
+    assert!(srv.jwks_kids().await.contains(&old));
+    assert_eq!(kid_of(&srv.token_for(PAYMENTS, LEDGER, None).await), next);
     srv.assert_every_request_audited_once();
 }
 

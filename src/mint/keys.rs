@@ -33,6 +33,9 @@ pub enum KeyState {
     Current,
     Next,
     Retired,
+    /// Removed by a kid revocation: neither published nor trusted, kept only so that
+    /// lifting the revocation can bring it back (until no token of it can be alive).
+    Revoked,
 }
 
 /// A key with its life-cycle times.
@@ -83,6 +86,7 @@ struct RingState {
     current: Arc<ManagedKey>,
     next: Arc<ManagedKey>,
     retired: Vec<Arc<ManagedKey>>,
+    revoked: Vec<Arc<ManagedKey>>,
 }
 
 pub struct KeyRing {
@@ -149,6 +153,7 @@ impl KeyRing {
                     current: fresh(alg, KeyState::Current, now)?,
                     next: fresh(alg, KeyState::Next, now)?,
                     retired: Vec::new(),
+                    revoked: Vec::new(),
                 },
                 [0; 32],
             ),
@@ -186,7 +191,8 @@ impl KeyRing {
         };
         let stored: StoredRing =
             serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
-        let (mut current, mut next, mut retired) = (None, None, Vec::new());
+        let (mut current, mut next, mut retired, mut revoked) =
+            (None, None, Vec::new(), Vec::new());
         for k in stored.keys {
             let der = jose::b64url_decode(&k.pkcs8).map_err(|e| corrupt(e.to_string()))?;
             let key = SigningKey::from_pkcs8(k.alg, &der).map_err(|e| corrupt(e.to_string()))?;
@@ -198,6 +204,7 @@ impl KeyRing {
                 KeyState::Current => current = Some(m),
                 KeyState::Next => next = Some(m),
                 KeyState::Retired => retired.push(m),
+                KeyState::Revoked => revoked.push(m),
             }
         }
         match (current, next) {
@@ -205,6 +212,7 @@ impl KeyRing {
                 current,
                 next,
                 retired,
+                revoked,
             }),
             _ => Err(corrupt("needs exactly one current and one next key".into())),
         }
@@ -228,6 +236,7 @@ impl KeyRing {
         let keys = std::iter::once(&st.current)
             .chain(std::iter::once(&st.next))
             .chain(st.retired.iter())
+            .chain(st.revoked.iter())
             .map(|m| StoredKey {
                 kid: m.key.kid().to_owned(),
                 alg: m.key.alg(),
@@ -368,8 +377,9 @@ impl KeyRing {
                 activated_at: Some(now),
                 retired_at: None,
             });
-            let retired = retire(&old, now)?;
+            let retired = restate(&old, KeyState::Retired, Some(now))?;
             st.retired.retain(|m| self.still_needed(m, now));
+            st.revoked.retain(|m| self.still_needed(m, now));
             st.retired.push(retired);
             st.current = current;
             st.next = new_next;
@@ -406,8 +416,9 @@ impl KeyRing {
             && now >= st.next.created_at.saturating_add(prepublish as i64)
     }
 
-    /// Removes a key for good (kid revocation, contract §3). Revoking the current key
-    /// first rotates, so issuance never stops; revoking the next key replaces it.
+    /// Takes a key out of use (kid revocation, contract §3): no longer published or
+    /// trusted. Revoking the current key first rotates, so issuance never stops; revoking
+    /// the next key replaces it. The key is kept aside so `restore` can undo this.
     pub fn remove(&self, kid: &str, now: UnixSeconds) -> Result<(), KeyError> {
         let _lock = lock_dir(&self.dir)?;
         self.refresh(now, true)?;
@@ -423,25 +434,52 @@ impl KeyRing {
             self.rotate_locked(now)?;
         } else if is_next {
             let replacement = fresh(self.alg, KeyState::Next, now)?;
-            self.write().next = replacement;
+            let mut st = self.write();
+            let old = std::mem::replace(&mut st.next, replacement);
+            st.retired
+                .push(restate(&old, KeyState::Retired, Some(now))?);
         } else if !is_retired {
             return Err(KeyError::UnknownKid(kid.to_owned()));
         }
-        self.write().retired.retain(|m| m.key.kid() != kid);
+        {
+            let mut st = self.write();
+            if let Some(pos) = st.retired.iter().position(|m| m.key.kid() == kid) {
+                let m = st.retired.remove(pos);
+                let retired_at = m.retired_at.or(Some(now));
+                st.revoked.push(restate(&m, KeyState::Revoked, retired_at)?);
+            }
+        }
         self.persist()
+    }
+
+    /// Undoes `remove` (a lifted kid revocation): the key is published and trusted again
+    /// as a retired key. Returns whether the key was found.
+    pub fn restore(&self, kid: &str, now: UnixSeconds) -> Result<bool, KeyError> {
+        let _lock = lock_dir(&self.dir)?;
+        self.refresh(now, true)?;
+        {
+            let mut st = self.write();
+            let Some(pos) = st.revoked.iter().position(|m| m.key.kid() == kid) else {
+                return Ok(false);
+            };
+            let m = st.revoked.remove(pos);
+            st.retired
+                .push(restate(&m, KeyState::Retired, m.retired_at)?);
+        }
+        self.persist()?;
+        Ok(true)
     }
 }
 
-fn retire(old: &ManagedKey, now: UnixSeconds) -> Result<Arc<ManagedKey>, KeyError> {
-    let key = SigningKey::from_pkcs8(old.key.alg(), old.key.pkcs8())
+/// A copy of `m` in another life-cycle state (signing keys are not `Clone`).
+fn restate(
+    m: &ManagedKey,
+    state: KeyState,
+    retired_at: Option<UnixSeconds>,
+) -> Result<Arc<ManagedKey>, KeyError> {
+    let key = SigningKey::from_pkcs8(m.key.alg(), m.key.pkcs8())
         .map_err(|e| KeyError::Generate(e.to_string()))?;
-    managed(
-        key,
-        KeyState::Retired,
-        old.created_at,
-        old.activated_at,
-        Some(now),
-    )
+    managed(key, state, m.created_at, m.activated_at, retired_at)
 }
 
 /// Serialises ring changes across processes sharing the directory (released on drop).

@@ -3,6 +3,7 @@
 
 use super::{CallerCredentials, RequestContext, Service, ServiceError, allowed, matches_sha256};
 use crate::audit::AuditEvent;
+use crate::clock::UnixSeconds;
 use crate::domain::{SpiffeId, parse_duration};
 use crate::mint::keys::KeyInfo;
 use crate::policy::CompiledPolicy;
@@ -233,13 +234,24 @@ impl Service {
         ev.reason = Some(format!("lift {}", id.chars().take(64).collect::<String>()));
         let result = async {
             auth?;
+            let now = self.now();
+            let kid = self.revoked_kid(id, now).await?;
             match self
                 .revocations
-                .lift(id, self.now())
+                .lift(id, now)
                 .await
                 .map_err(|e| store_err(self, e))?
             {
-                LiftOutcome::Lifted => Ok(()),
+                LiftOutcome::Lifted => {
+                    // A lifted kid revocation puts the key back into the JWKS and trust.
+                    if let Some(kid) = kid {
+                        self.minter
+                            .keys()
+                            .restore(&kid, now)
+                            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                    }
+                    Ok(())
+                }
                 LiftOutcome::NotFound => {
                     Err(ServiceError::NotFound("no such live revocation".into()))
                 }
@@ -250,6 +262,29 @@ impl Service {
         }
         .await;
         self.finish(ctx, ev, result)
+    }
+
+    /// The kid of the live key revocation with this record id, if it is one.
+    async fn revoked_kid(
+        &self,
+        id: &str,
+        now: UnixSeconds,
+    ) -> Result<Option<String>, ServiceError> {
+        let mut page = page_request(Some(MAX_PAGE), None);
+        loop {
+            let found = self
+                .revocations
+                .list_revocations(Some(RevocationKind::Kid), &page, now)
+                .await
+                .map_err(|e| store_err(self, e))?;
+            if let Some(r) = found.items.iter().find(|r| r.id == id) {
+                return Ok(Some(r.value.clone()));
+            }
+            match found.next_cursor {
+                Some(c) => page.cursor = Some(c),
+                None => return Ok(None),
+            }
+        }
     }
 
     pub async fn admin_tokens(
