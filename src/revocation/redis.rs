@@ -89,6 +89,10 @@
 //! across pages, but one live throughout is not skipped. The order is therefore not
 //! `(iat, jti)` as in the embedded store.
 //!
+//! `rev:log` is capped at about [`REV_LOG_CAP`] records. With more revocations live at
+//! once, the oldest records fall out of the log: they still revoke (their keys stay
+//! until `expires_at`) but are no longer listed and cannot be lifted by id.
+//!
 //! `purge_expired` removes stream records past `expires_at` (and their keys if Redis has
 //! not expired them yet) and inventory entries past `exp`; on a real clock the TTLs
 //! have normally done the work already. It walks the whole log and `SCAN`s every
@@ -1900,13 +1904,8 @@ impl AuditTail for RedisStore {
                     outcome: field_str(entry, "outcome")?,
                     json: field_str(entry, "json")?,
                 };
-                // Events are appended in time order, so older ones cannot match `since`.
-                if filter.since.is_some_and(|s| ev.ts < s)
-                    && filter.subject.is_none()
-                    && filter.outcome.is_none()
-                {
-                    return Ok(out);
-                }
+                // No early stop on `since`: replicas' clocks differ, so `ts` need not
+                // fall monotonically along the stream. The walk is bounded by the cap.
                 let wanted = filter.since.is_none_or(|s| ev.ts >= s)
                     && filter
                         .subject
