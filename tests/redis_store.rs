@@ -354,7 +354,13 @@ async fn sentinel_failover_keeps_revocations_and_the_store_follows_the_new_maste
         || cli(setup.replica.port, &["ROLE"]).starts_with("master"),
     );
 
+    // Phase 1: the same store reaches the new master. After a forced failover the old
+    // master keeps accepting writes until Sentinel demotes it (next INFO round, up to
+    // ~10 s); the store notices because WAIT 1 gets no acknowledgement there, refuses
+    // the revoke and asks the sentinels again. Until the old master replicates from
+    // the new one, WAIT on the new master fails too, so revokes stay refused.
     let start = Instant::now();
+    let mut outcome;
     loop {
         // Every answer is either right or Unavailable; never "not revoked".
         match store.is_revoked(&token("before-failover"), T).await {
@@ -362,21 +368,36 @@ async fn sentinel_failover_keeps_revocations_and_the_store_follows_the_new_maste
             Err(StoreError::Unavailable(_)) => {}
             Err(e) => panic!("{e}"),
         }
-        // A write proves the store talks to the new master (and the old one, now its
-        // replica, acknowledges it).
-        if store.revoke(jti_rev("after-failover")).await.is_ok() {
+        outcome = store.revoke(jti_rev("after-failover")).await;
+        if let Err(e @ (StoreError::Corrupt(_) | StoreError::BadCursor)) = &outcome {
+            panic!("{e}");
+        }
+        // Landed on the new master: its log holds more than the replicated record.
+        let on_new = cli(setup.replica.port, &["XLEN", "tessera:rev:log"]);
+        if on_new.trim().parse::<u64>().unwrap_or(0) >= 2 {
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "store did not follow"
+            start.elapsed() < Duration::from_secs(5),
+            "store did not follow: {outcome:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
-        "store followed the new master {:?} after the switch",
+        "store wrote to the new master {:?} after the switch",
         start.elapsed()
     );
+    // Phase 2: once the old master replicates again, acknowledged revokes resume.
+    let start = Instant::now();
+    while outcome.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no replica acknowledged: {outcome:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        outcome = store.revoke(jti_rev("after-failover")).await;
+    }
+    println!("acknowledged revokes resumed {:?} later", start.elapsed());
     assert!(
         store
             .is_revoked(&token("before-failover"), T)

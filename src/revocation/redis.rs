@@ -74,7 +74,10 @@
 //! on), Cluster its async cluster client (refreshes the slot map and reconnects), and
 //! Sentinel our own holder: after a connection error, a timeout or a `READONLY` reply
 //! it drops the connection and the next call asks the sentinels for the current
-//! master, so a failover is followed without a restart.
+//! master, so a failover is followed without a restart. A `WAIT` short of
+//! `min_replicas_ack` does the same: after a forced failover the old master keeps
+//! accepting writes until Sentinel demotes it (up to ~10 s), and the missing replica
+//! acknowledgement is what gives it away.
 //!
 //! # Listing
 //!
@@ -970,6 +973,11 @@ impl RedisStore {
     fn check_wait(&self, reply: Option<&Value>, what: &str) -> Result<(), StoreError> {
         let acked: i64 = reply.map(int).transpose()?.unwrap_or(0);
         if acked < i64::from(self.inner.min_replicas_ack) {
+            // A master that lost its replicas may have been failed over (it keeps
+            // accepting writes until Sentinel demotes it): ask the sentinels again.
+            if let Conn::Sentinel(s) = &self.inner.conn {
+                s.forget();
+            }
             return Err(StoreError::Unavailable(format!(
                 "{what}: {acked} of {} required replicas acknowledged within {:?}",
                 self.inner.min_replicas_ack, self.inner.wait_timeout
