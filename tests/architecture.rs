@@ -81,6 +81,7 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("ring::", &["jose"]),
     ("josekit::", &["jose"]),
     ("redb::", &["revocation/embedded.rs"]),
+    ("redis::", &["revocation/redis.rs"]),
     ("reqwest::", &["cli"]),
     ("SystemTime::now", &["clock"]),
     ("VerifierProof::new", &["attest"]),

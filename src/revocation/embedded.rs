@@ -676,6 +676,41 @@ mod tests {
         assert!(page.items.is_empty());
     }
 
+    /// The embedded store's own order (the conformance suite compares sets): oldest
+    /// first by iat, then jti, and pages of any size join up in that order.
+    #[tokio::test]
+    async fn live_tokens_are_listed_oldest_first_by_iat_then_jti() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let (t1, t2b, t2a, t3) = (
+            issued("1", T - 50),
+            issued("b", T - 40),
+            issued("a", T - 40),
+            issued("3", T - 30),
+        );
+        for t in [&t3, &t2b, &t1, &t2a] {
+            store.record_issued(t).await.unwrap();
+        }
+        let want = vec![t1, t2a, t2b, t3];
+        for limit in [1, 2, 0] {
+            let mut got = Vec::new();
+            let mut cursor = None;
+            loop {
+                let req = PageRequest { limit, cursor };
+                let page = store
+                    .list_live(&TokenFilter::default(), &req, T)
+                    .await
+                    .unwrap();
+                got.extend(page.items);
+                cursor = page.next_cursor;
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            assert_eq!(got, want, "limit {limit}");
+        }
+    }
+
     #[test]
     fn page_limit_defaults_and_caps() {
         assert_eq!(page_limit(0), 100);

@@ -1,5 +1,5 @@
 //! Revocation store, token inventory and audit tail: the state every replica must
-//! share. Backends: `embedded` (redb, one process) and, later, `redis`. Imports only
+//! share. Backends: `embedded` (redb, one process) and `redis` (shared by every replica). Imports only
 //! `domain` and `clock`; the service layer talks to the traits, never a backend.
 //!
 //! Semantics (contract §3, §6):
@@ -12,6 +12,7 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod redis;
 
 use crate::clock::UnixSeconds;
 use async_trait::async_trait;
