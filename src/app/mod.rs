@@ -7,12 +7,15 @@ pub mod dev;
 use crate::attest::FileBundles;
 use crate::audit::{AuditSink, JsonLines};
 use crate::clock::{SharedClock, SystemClock};
+use crate::config::RedisSettings;
 use crate::config::Settings;
 use crate::http::{self, server};
 use crate::mint::Minter;
 use crate::mint::keys::KeyRing;
 use crate::policy::CompiledPolicy;
 use crate::revocation::embedded::EmbeddedStore;
+use crate::revocation::redis::{RedisConfig, RedisStore};
+use crate::revocation::{AuditTail, Backend, RevocationStore, StoreError, TokenInventory};
 use crate::service::{Service, ServiceParts};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,14 +62,13 @@ pub async fn build_service(
         KeyRing::open(&settings.key_dir, settings.signing_alg, retain, now)
             .map_err(|e| AppError::Keys(e.to_string()))?,
     );
-    if settings.redis.is_some() {
-        return Err(AppError::Store(
-            "store.backend = \"redis\" is not wired in yet; use \"embedded\"".into(),
-        ));
-    }
-    let store = Arc::new(
-        EmbeddedStore::open(&settings.store_path).map_err(|e| AppError::Store(e.to_string()))?,
-    );
+    let (revocations, inventory, audit_tail) = match &settings.redis {
+        Some(r) => split(Arc::new(connect_redis(r).await?)),
+        None => split(Arc::new(
+            EmbeddedStore::open(&settings.store_path)
+                .map_err(|e| AppError::Store(e.to_string()))?,
+        )),
+    };
     let admin_token_sha256 = match &settings.admin_token_hash_file {
         Some(p) => Some(crate::service::admin::read_token_hash(p).map_err(AppError::Config)?),
         None => None,
@@ -83,14 +85,52 @@ pub async fn build_service(
         minter: Minter::new(settings.issuer.clone(), keys),
         clock,
         bundles,
-        revocations: store.clone(),
-        inventory: store.clone(),
-        audit_tail: store,
+        revocations,
+        inventory,
+        audit_tail,
         audit_sink,
         policy,
         admin_token_sha256,
         settings,
     }))
+}
+
+type StoreParts = (
+    Arc<dyn RevocationStore>,
+    Arc<dyn TokenInventory>,
+    Arc<dyn AuditTail>,
+);
+
+/// One backend, handed to each consumer as the narrow trait it needs.
+fn split<B: Backend>(store: Arc<B>) -> StoreParts {
+    (store.clone(), store.clone(), store)
+}
+
+/// How long start-up keeps trying to reach Redis before giving up.
+const REDIS_STARTUP_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Connects to Redis, retrying for a while: replicas often start before their Redis.
+/// After start-up the connection recovers by itself.
+async fn connect_redis(r: &RedisSettings) -> Result<RedisStore, AppError> {
+    let mut cfg = RedisConfig::new(r.url.clone());
+    cfg.key_prefix = r.key_prefix.clone();
+    cfg.min_replicas_ack = r.min_replicas_ack;
+    let deadline = tokio::time::Instant::now() + REDIS_STARTUP_PATIENCE;
+    loop {
+        match RedisStore::connect(cfg.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "redis not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(AppError::Store(format!(
+                    "store.redis_url {}: {e}",
+                    crate::revocation::redis::redact_url(&r.url)
+                )));
+            }
+        }
+    }
 }
 
 /// A started server; dropping it does not stop it, `shutdown` does.
