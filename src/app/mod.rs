@@ -202,11 +202,17 @@ pub fn start(
     })
 }
 
-/// Every 5 s: pick up key ring changes made by other replicas. Every 30 s: purge
-/// expired store entries and rotate keys when due.
+/// Every 5 s: pick up key ring changes made by other replicas. Every 30 s: rotate keys
+/// when due, and purge expired entries of the embedded store. Redis expires entries by
+/// itself, so its purge (a full log walk and inventory scan) runs only hourly.
 async fn maintenance(svc: Arc<Service>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut ticks: u64 = 0;
+    let purge_every: u64 = if svc.settings().redis.is_some() {
+        720
+    } else {
+        6
+    };
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -218,11 +224,13 @@ async fn maintenance(svc: Arc<Service>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = keys.refresh(now, false) {
             tracing::warn!(error = %e, "key ring refresh failed");
         }
+        if ticks % purge_every == 1 {
+            if let Err(e) = svc.revocations.purge_expired(now).await {
+                tracing::warn!(error = %e, "purge of expired entries failed");
+            }
+        }
         if ticks % 6 != 1 {
             continue;
-        }
-        if let Err(e) = svc.revocations.purge_expired(now).await {
-            tracing::warn!(error = %e, "purge of expired entries failed");
         }
         let s = svc.settings();
         match keys.rotate_if_due(now, s.rotate_every, s.prepublish) {
