@@ -224,10 +224,10 @@ async fn maintenance(svc: Arc<Service>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = keys.refresh(now, false) {
             tracing::warn!(error = %e, "key ring refresh failed");
         }
-        if ticks % purge_every == 1 {
-            if let Err(e) = svc.revocations.purge_expired(now).await {
-                tracing::warn!(error = %e, "purge of expired entries failed");
-            }
+        if ticks % purge_every == 1
+            && let Err(e) = svc.revocations.purge_expired(now).await
+        {
+            tracing::warn!(error = %e, "purge of expired entries failed");
         }
         if ticks % 6 != 1 {
             continue;
