@@ -7,7 +7,9 @@ use tessera::config;
 use tessera::policy::CompiledPolicy;
 
 fn deploy(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(file)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(file)
 }
 
 #[test]
@@ -49,7 +51,11 @@ fn production_sample_refused_keys_are_only_in_comments() {
     // Uncommenting a key a later issue brings must stop start-up, naming the key.
     let text = std::fs::read_to_string(deploy("tessera.toml")).unwrap();
     let cases = [
-        ("backend = \"embedded\"", "backend = \"redis\"", "store.backend"),
+        (
+            "backend = \"embedded\"",
+            "backend = \"redis\"",
+            "store.backend",
+        ),
         (
             "# workload_api = \"unix:///run/spire/sockets/agent.sock\"",
             "workload_api = \"unix:///run/spire/sockets/agent.sock\"",
