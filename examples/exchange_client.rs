@@ -1,0 +1,234 @@
+//! A workload that keeps a fresh Tessera access token.
+//!
+//! It reads its JWT-SVID from a file (SPIRE's `spiffe-helper`, or a sidecar, rewrites that
+//! file as the SVID rotates), exchanges it at `POST /token` (RFC 8693 token exchange, a
+//! form body), and renews at about 80% of `expires_in`, reading the SVID file again each
+//! time. It prints when each token expires and its `jti`, never the token itself.
+//!
+//! Run it against the dev server (`cargo run --release -- serve --dev` in another
+//! terminal, from the same directory so `./tessera-data` is shared):
+//!
+//! ```sh
+//! cargo run --release -q -- dev jwt-svid spiffe://dev.local/ns/demo/sa/app \
+//!     --audience http://127.0.0.1:8080 > svid.jwt
+//! cargo run --release -q --example exchange_client -- svid.jwt
+//! ```
+//!
+//! Dev JWT-SVIDs live 5 minutes and a token never outlives the SVID it was exchanged
+//! for, so to watch several renewals keep the file fresh the way SPIRE would:
+//!
+//! ```sh
+//! while true; do
+//!   cargo run --release -q -- dev jwt-svid spiffe://dev.local/ns/demo/sa/app \
+//!     --audience http://127.0.0.1:8080 > svid.jwt.tmp && mv svid.jwt.tmp svid.jwt
+//!   sleep 120
+//! done
+//! ```
+//!
+//! Settings: the SVID file is the first argument or `TESSERA_SVID_FILE`; `TESSERA_URL`
+//! (default `http://127.0.0.1:8080`), `TESSERA_AUDIENCE` (default
+//! `https://ledger.dev.local`), `TESSERA_SCOPE` (default `ledger:read`; empty asks for
+//! the rule's default scopes). `--once` exchanges once and exits (non-zero on failure).
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tessera::clock::{Clock as _, SystemClock, UnixSeconds, rfc3339};
+
+const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// Renew when this fraction of the token's lifetime has passed.
+const RENEW_AT: f64 = 0.8;
+const MAX_BACKOFF_SECS: u64 = 30;
+
+struct Settings {
+    url: String,
+    svid_file: PathBuf,
+    audience: String,
+    scope: Option<String>,
+    once: bool,
+}
+
+impl Settings {
+    fn from_args_and_env() -> Result<Self> {
+        let mut svid_file = std::env::var_os("TESSERA_SVID_FILE").map(PathBuf::from);
+        let mut once = false;
+        for arg in std::env::args_os().skip(1) {
+            if arg == "--once" {
+                once = true;
+            } else if arg.to_string_lossy().starts_with('-') {
+                bail!("unknown option {arg:?}; usage: exchange_client [--once] SVID_FILE");
+            } else {
+                svid_file = Some(PathBuf::from(arg));
+            }
+        }
+        let svid_file = svid_file.ok_or_else(|| {
+            anyhow!("give the JWT-SVID file as the first argument or in TESSERA_SVID_FILE")
+        })?;
+        let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.into());
+        let scope = env("TESSERA_SCOPE", "ledger:read");
+        Ok(Self {
+            url: env("TESSERA_URL", "http://127.0.0.1:8080")
+                .trim_end_matches('/')
+                .to_owned(),
+            svid_file,
+            audience: env("TESSERA_AUDIENCE", "https://ledger.dev.local"),
+            scope: (!scope.is_empty()).then_some(scope),
+            once,
+        })
+    }
+}
+
+/// RFC 8693 §2.2.1 success response (the fields this client uses).
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// RFC 6749 §5.2 error response.
+#[derive(Deserialize)]
+struct ErrorResponse {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// The token the workload would send as `Authorization: Bearer …`.
+struct AccessToken {
+    value: String,
+    expires_in: u64,
+    expires_at: UnixSeconds,
+    scope: Option<String>,
+}
+
+impl AccessToken {
+    /// The token's `jti`, for logs and `tessera admin revoke --jti`. Read without
+    /// verifying: the token came from our STS over the connection we chose; resource
+    /// servers are the ones that verify it.
+    fn jti(&self) -> Option<String> {
+        let payload = self.value.split('.').nth(1)?;
+        let bytes = tessera::jose::b64url_decode(payload).ok()?;
+        let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        claims.get("jti")?.as_str().map(str::to_owned)
+    }
+}
+
+/// Reads the SVID file (again: it rotates) and exchanges it for an access token.
+async fn exchange(http: &reqwest::Client, s: &Settings) -> Result<AccessToken> {
+    let svid = std::fs::read_to_string(&s.svid_file)
+        .with_context(|| format!("cannot read the JWT-SVID from {}", s.svid_file.display()))?;
+    let svid = svid.trim();
+    if svid.is_empty() {
+        bail!("{} is empty", s.svid_file.display());
+    }
+    let mut form = vec![
+        ("grant_type", GRANT_TOKEN_EXCHANGE),
+        ("subject_token", svid),
+        ("subject_token_type", TOKEN_TYPE_JWT),
+        ("audience", s.audience.as_str()),
+    ];
+    if let Some(scope) = &s.scope {
+        form.push(("scope", scope.as_str()));
+    }
+    let url = format!("{}/token", s.url);
+    let resp = http
+        .post(&url)
+        .form(&form)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let body = resp.bytes().await.context("reading the response")?;
+    if !status.is_success() {
+        return Err(match serde_json::from_slice::<ErrorResponse>(&body) {
+            Ok(e) => anyhow!(
+                "{url} answered {status}: {} ({})",
+                e.error,
+                e.error_description.unwrap_or_default()
+            ),
+            Err(_) => anyhow!("{url} answered {status}"),
+        });
+    }
+    let t: TokenResponse =
+        serde_json::from_slice(&body).context("the token response is not RFC 8693 JSON")?;
+    Ok(AccessToken {
+        expires_at: SystemClock.now() + i64::try_from(t.expires_in).unwrap_or(i64::MAX),
+        value: t.access_token,
+        expires_in: t.expires_in,
+        scope: t.scope,
+    })
+}
+
+/// When to renew a token that lives `expires_in` seconds: at ~80% of its life.
+fn renew_after(expires_in: u64) -> Duration {
+    Duration::from_secs_f64((expires_in as f64 * RENEW_AT).max(1.0))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("exchange_client: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
+    let settings = Settings::from_args_and_env()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")?;
+    let mut current: Option<AccessToken> = None;
+    let mut failures: u32 = 0;
+    loop {
+        let wait = match exchange(&http, &settings).await {
+            Ok(token) => {
+                failures = 0;
+                let wait = renew_after(token.expires_in);
+                println!(
+                    "token jti={} scope={} expires_in={}s expires_at={}; renewing in {}s",
+                    token.jti().as_deref().unwrap_or("?"),
+                    token.scope.as_deref().unwrap_or("-"),
+                    token.expires_in,
+                    rfc3339(token.expires_at),
+                    wait.as_secs()
+                );
+                current = Some(token);
+                wait
+            }
+            Err(e) if settings.once => return Err(e),
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let backoff = Duration::from_secs((1u64 << failures.min(5)).min(MAX_BACKOFF_SECS));
+                let still_valid = current
+                    .as_ref()
+                    .filter(|t| t.expires_at > SystemClock.now())
+                    .map(|t| format!("current token valid until {}", rfc3339(t.expires_at)))
+                    .unwrap_or_else(|| "no valid token".into());
+                eprintln!(
+                    "exchange failed: {e:#}; {still_valid}; retrying in {}s",
+                    backoff.as_secs()
+                );
+                backoff
+            }
+        };
+        if settings.once {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("stopping");
+                return Ok(());
+            }
+        }
+    }
+}
