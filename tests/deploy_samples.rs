@@ -48,13 +48,14 @@ fn production_sample_config_validates() {
 
 #[test]
 fn production_sample_refused_keys_are_only_in_comments() {
-    // Uncommenting a key a later issue brings must stop start-up, naming the key.
+    // Uncommenting a key a later issue brings must stop start-up, naming the key; so must
+    // switching to Redis without uncommenting its URL.
     let text = std::fs::read_to_string(deploy("tessera.toml")).unwrap();
     let cases = [
         (
             "backend = \"embedded\"",
             "backend = \"redis\"",
-            "store.backend",
+            "store.redis_url",
         ),
         (
             "# workload_api = \"unix:///run/spire/sockets/agent.sock\"",
@@ -72,6 +73,23 @@ fn production_sample_refused_keys_are_only_in_comments() {
             .to_string();
         assert!(err.contains(key), "{key}: {err}");
     }
+}
+
+#[test]
+fn production_sample_switches_to_redis_by_uncommenting() {
+    let text = std::fs::read_to_string(deploy("tessera.toml")).unwrap();
+    let edited = text
+        .replacen("backend = \"embedded\"", "backend = \"redis\"", 1)
+        .replacen("# redis_url = ", "redis_url = ", 1)
+        .replacen("# key_prefix = ", "key_prefix = ", 1)
+        .replacen("# min_replicas_ack = ", "min_replicas_ack = ", 1);
+    let s = config::parse(&edited, &[])
+        .unwrap()
+        .validate(Path::new("deploy"))
+        .unwrap();
+    let redis = s.redis.expect("redis settings");
+    assert_eq!(redis.key_prefix, "tessera:");
+    assert_eq!(redis.min_replicas_ack, 1);
 }
 
 #[test]
