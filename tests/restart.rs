@@ -493,3 +493,75 @@ async fn readme_walkthrough_against_a_dev_server() {
     assert_eq!(out.trim(), "active: false");
     drop(proc);
 }
+
+/// SIGHUP reloads the policy of a running server (and a broken one is refused, keeping
+/// the running policy).
+#[tokio::test]
+async fn sighup_reloads_the_policy() {
+    let env = Env::new();
+    env.clock.set(SystemClock.now());
+    let client = tls_client(&env);
+    let (proc, p, _) = serve_config(&env, &client, None).await;
+    let url = format!("https://127.0.0.1:{p}/token");
+    let new_audience = "https://sighup.example.org";
+    let exchange = || {
+        let (client, url, svid) = (client.clone(), url.clone(), env.svid(PAYMENTS, 600));
+        async move {
+            post(
+                &client,
+                &url,
+                &[
+                    ("grant_type", TOKEN_EXCHANGE),
+                    ("subject_token", &svid),
+                    ("subject_token_type", JWT_TYPE),
+                    ("audience", new_audience),
+                ],
+            )
+            .await
+        }
+    };
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &proc.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP failed");
+    };
+    let (status, body) = exchange().await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_target"))
+    );
+
+    // A broken policy is refused on SIGHUP: the running one still answers.
+    let policy = env.path().join("policy.toml");
+    let good = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, "[[rule]]\nid = \n").unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(exchange().await.0, 400);
+
+    std::fs::write(
+        &policy,
+        format!(
+            "{good}\n[[rule]]\nid = \"sighup-added\"\nmatch.spiffe_id = \"{PAYMENTS}\"\ngrant.audiences = [\"{new_audience}\"]\n"
+        ),
+    )
+    .unwrap();
+    hup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = exchange().await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        proc.stderr().contains("reload on SIGHUP refused"),
+        "the refused reload is logged: {}",
+        proc.stderr()
+    );
+}

@@ -172,3 +172,59 @@ pub fn warning(dir: &Path) -> String {
         p.admin_token().display()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn prepares_private_files_and_refuses_non_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = prepare(dir.path(), addr("127.0.0.1:18080"), addr("127.0.0.1:19080")).unwrap();
+        assert!(s.dev_mode && s.tls.is_none());
+        assert_eq!(s.issuer, "http://127.0.0.1:18080");
+        let p = DevPaths::new(dir.path());
+        for secret in [p.admin_token(), p.admin_token_hash(), p.svid_key()] {
+            let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", secret.display());
+        }
+        let token = std::fs::read_to_string(p.admin_token()).unwrap();
+        let hash = std::fs::read_to_string(p.admin_token_hash()).unwrap();
+        assert_eq!(
+            hash.trim(),
+            jose::hex(&jose::sha256(token.trim().as_bytes()))
+        );
+        // A second start keeps the same admin token and trust domain key.
+        prepare(dir.path(), addr("127.0.0.1:18080"), addr("127.0.0.1:19080")).unwrap();
+        assert_eq!(std::fs::read_to_string(p.admin_token()).unwrap(), token);
+
+        for (public, admin) in [
+            ("0.0.0.0:8080", "127.0.0.1:9080"),
+            ("127.0.0.1:8080", "10.0.0.1:9080"),
+        ] {
+            let err = prepare(dir.path(), addr(public), addr(admin))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("non-loopback"), "{err}");
+        }
+    }
+
+    #[test]
+    fn minted_svids_are_only_for_the_dev_trust_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), addr("127.0.0.1:18080"), addr("127.0.0.1:19080")).unwrap();
+        let id = SpiffeId::parse("spiffe://dev.local/app").unwrap();
+        let aud = vec!["http://127.0.0.1:18080".to_owned()];
+        let t = mint_jwt_svid(dir.path(), &id, &aud, 300, 1000).unwrap();
+        let claims = jose::UnverifiedJws::parse(&t).unwrap().unverified_claims;
+        assert_eq!(claims["sub"], "spiffe://dev.local/app");
+        assert_eq!(claims["exp"], 1300);
+        let other = SpiffeId::parse("spiffe://example.org/app").unwrap();
+        assert!(mint_jwt_svid(dir.path(), &other, &aud, 300, 1000).is_err());
+    }
+}
