@@ -1,17 +1,20 @@
 //! Attestation: turns a presented credential into a `VerifiedIdentity`, the only place
 //! that may build one (it holds the `VerifierProof` seal).
 //!
-//! Owns SPIFFE trust bundles (`bundle`), the `BundleSource` seam that serves them, and
-//! the JWT-SVID verifier (`jwt_svid`). Imports only `crate::domain`, `crate::clock` and
+//! Owns SPIFFE trust bundles (`bundle`), the `BundleSource` seam that serves them, the
+//! JWT-SVID verifier (`jwt_svid`) and the X.509-SVID verifier with its rustls client
+//! certificate verifier (`x509`, the one file here that names rustls). Imports only `crate::domain`, `crate::clock` and
 //! `crate::jose`; never policy, mint, revocation or service.
 
 pub mod bundle;
 pub mod jwt_svid;
+pub mod x509;
 
 pub use bundle::{
     BundleError, TrustBundle, parse_jwks, parse_spiffe_bundle, parse_x509_der, parse_x509_pem,
 };
 pub use jwt_svid::JwtSvidVerifier;
+pub use x509::{SpiffeClientCertVerifier, X509SvidVerifier, check_svid_structure};
 
 use crate::domain::{SpiffeIdError, TrustDomain};
 use crate::jose::JoseError;
@@ -60,6 +63,18 @@ pub enum AttestError {
     WrongAudience,
     #[error("claim {0} has the wrong type")]
     InvalidClaim(&'static str),
+    /// The presented certificate chain is malformed or breaks an X509-SVID rule; the
+    /// text names the rule, never certificate contents.
+    #[error("bad certificate: {0}")]
+    BadCertificate(&'static str),
+    #[error("the bundle of trust domain {0} has no X.509 authorities")]
+    NoX509Authorities(TrustDomain),
+    #[error("certificate chain is not trusted: {0}")]
+    UntrustedChain(&'static str),
+    #[error("certificate has expired")]
+    CertExpired,
+    #[error("certificate is not yet valid")]
+    CertNotYetValid,
 }
 
 impl AttestError {
@@ -84,6 +99,11 @@ impl AttestError {
             Self::MissingAud => "missing_aud",
             Self::WrongAudience => "wrong_audience",
             Self::InvalidClaim(_) => "invalid_claim",
+            Self::BadCertificate(_) => "bad_certificate",
+            Self::NoX509Authorities(_) => "no_x509_authorities",
+            Self::UntrustedChain(_) => "untrusted_chain",
+            Self::CertExpired => "cert_expired",
+            Self::CertNotYetValid => "cert_not_yet_valid",
         }
     }
 }
