@@ -392,3 +392,520 @@ impl ClientCertVerifier for SpiffeClientCertVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attest::{StaticBundles, TrustBundle, parse_x509_der};
+    use crate::clock::ManualClock;
+    use crate::domain::TrustDomain;
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose, SanType, date_time_ymd,
+    };
+
+    /// 2030-01-01T12:00:00Z: inside every test leaf's default validity below.
+    fn noon() -> UnixSeconds {
+        date_time_ymd(2030, 1, 1).unix_timestamp() + 12 * 3600
+    }
+
+    fn td(s: &str) -> TrustDomain {
+        TrustDomain::parse(s).unwrap()
+    }
+
+    struct Ca {
+        der: CertificateDer<'static>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn ca_params(name: &str, key_usages: Vec<KeyUsagePurpose>) -> CertificateParams {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        p.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{name}").as_str().try_into().unwrap(),
+        )];
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = key_usages;
+        p
+    }
+
+    /// A self-signed root for `spiffe://<name>`, valid 1975–4096 (rcgen's default).
+    fn root(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let params = ca_params(
+            name,
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign],
+        );
+        let der = params.self_signed(&key).unwrap().der().clone();
+        Ca {
+            der,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn intermediate(parent: &Ca, name: &str, key_usages: Vec<KeyUsagePurpose>) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = ca_params(name, key_usages);
+        // A name of its own, so path building does not mistake the root for its issuer.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} intermediate"));
+        let der = params
+            .signed_by(&key, &parent.issuer)
+            .unwrap()
+            .der()
+            .clone();
+        Ca {
+            der,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    struct Leaf {
+        der: CertificateDer<'static>,
+        key: KeyPair,
+        not_after: UnixSeconds,
+    }
+
+    fn leaf_params(uris: &[&str]) -> CertificateParams {
+        let mut p = CertificateParams::new(vec!["workload.local".to_owned()]).unwrap();
+        p.subject_alt_names
+            .extend(uris.iter().map(|u| SanType::URI((*u).try_into().unwrap())));
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        // Valid for one day from 2030-01-01T00:00:00Z.
+        p.not_before = date_time_ymd(2030, 1, 1);
+        p.not_after = date_time_ymd(2030, 1, 2);
+        p
+    }
+
+    fn sign(params: &CertificateParams, ca: &Ca) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let der = params.signed_by(&key, &ca.issuer).unwrap().der().clone();
+        Leaf {
+            der,
+            key,
+            not_after: params.not_after.unix_timestamp(),
+        }
+    }
+
+    fn workload(ca: &Ca) -> Leaf {
+        sign(&leaf_params(&["spiffe://example.org/workload"]), ca)
+    }
+
+    fn bundle(name: &str, cas: &[&Ca]) -> TrustBundle {
+        let der: Vec<u8> = cas.iter().flat_map(|c| c.der.to_vec()).collect();
+        parse_x509_der(&td(name), &der).unwrap()
+    }
+
+    fn verifier(bundles: Vec<TrustBundle>) -> X509SvidVerifier {
+        X509SvidVerifier::new(Arc::new(StaticBundles::new(bundles)))
+    }
+
+    fn verify_err(v: &X509SvidVerifier, chain: &[CertificateDer<'_>]) -> AttestError {
+        v.verify(chain, noon()).unwrap_err()
+    }
+
+    #[test]
+    fn good_leaf_yields_the_identity_thumbprint_and_expiry() {
+        let ca = root("example.org");
+        let leaf = workload(&ca);
+        let v = verifier(vec![bundle("example.org", &[&ca])]);
+        let id = v.verify(std::slice::from_ref(&leaf.der), noon()).unwrap();
+        assert_eq!(
+            id.spiffe_id().map(SpiffeId::as_str),
+            Some("spiffe://example.org/workload")
+        );
+        assert_eq!(id.kind(), CredentialKind::X509Svid);
+        assert_eq!(id.expires_at(), leaf.not_after);
+        assert_eq!(id.expires_at(), noon() + 12 * 3600);
+        // RFC 8705 §3.1: base64url(SHA-256(DER)), 43 characters, no padding.
+        let want = b64url(&sha256(leaf.der.as_ref()));
+        assert_eq!(id.cert_thumbprint(), Some(want.as_str()));
+        assert_eq!(want.len(), 43);
+        assert_eq!(
+            check_svid_structure(std::slice::from_ref(&leaf.der))
+                .unwrap()
+                .as_str(),
+            "spiffe://example.org/workload"
+        );
+    }
+
+    #[test]
+    fn validity_is_checked_at_the_given_time() {
+        let ca = root("example.org");
+        let leaf = workload(&ca);
+        let v = verifier(vec![bundle("example.org", &[&ca])]);
+        let chain = std::slice::from_ref(&leaf.der);
+        assert_eq!(
+            v.verify(chain, leaf.not_after + 1).unwrap_err(),
+            AttestError::CertExpired
+        );
+        let before = date_time_ymd(2030, 1, 1).unix_timestamp() - 1;
+        assert_eq!(
+            v.verify(chain, before).unwrap_err(),
+            AttestError::CertNotYetValid
+        );
+        assert_eq!(AttestError::CertExpired.reason(), "cert_expired");
+        // Structure alone has no clock.
+        assert!(check_svid_structure(chain).is_ok());
+    }
+
+    #[test]
+    fn svid_rules_refuse_bad_leaves() {
+        let ca = root("example.org");
+        let v = verifier(vec![bundle("example.org", &[&ca])]);
+        let mut ca_leaf = leaf_params(&["spiffe://example.org/workload"]);
+        ca_leaf.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let mut cert_sign = leaf_params(&["spiffe://example.org/workload"]);
+        cert_sign.key_usages.push(KeyUsagePurpose::KeyCertSign);
+        let mut crl_sign = leaf_params(&["spiffe://example.org/workload"]);
+        crl_sign.key_usages.push(KeyUsagePurpose::CrlSign);
+        let mut no_ds = leaf_params(&["spiffe://example.org/workload"]);
+        no_ds.key_usages = vec![KeyUsagePurpose::KeyEncipherment];
+        let mut no_ku = leaf_params(&["spiffe://example.org/workload"]);
+        no_ku.key_usages = vec![];
+        let cases: Vec<(&str, CertificateParams, &str)> = vec![
+            ("CA=true leaf", ca_leaf, "leaf must not be a CA"),
+            (
+                "two URI SANs",
+                leaf_params(&["spiffe://example.org/a", "https://example.org/b"]),
+                "leaf must have exactly one URI SAN",
+            ),
+            ("no URI SAN", leaf_params(&[]), "leaf has no URI SAN"),
+            (
+                "root path",
+                leaf_params(&["spiffe://example.org"]),
+                "leaf SPIFFE ID has no path (trust domain ID)",
+            ),
+            (
+                "not a SPIFFE ID",
+                leaf_params(&["spiffe://Example.org/a"]),
+                "leaf URI SAN is not a valid SPIFFE ID",
+            ),
+            ("keyCertSign", cert_sign, "leaf keyUsage has keyCertSign"),
+            ("cRLSign", crl_sign, "leaf keyUsage has cRLSign"),
+            (
+                "no digitalSignature",
+                no_ds,
+                "leaf keyUsage lacks digitalSignature",
+            ),
+            ("no keyUsage", no_ku, "leaf has no keyUsage"),
+        ];
+        for (name, params, why) in cases {
+            let leaf = sign(&params, &ca);
+            let chain = std::slice::from_ref(&leaf.der);
+            assert_eq!(
+                verify_err(&v, chain),
+                AttestError::BadCertificate(why),
+                "{name}"
+            );
+            assert_eq!(
+                check_svid_structure(chain).unwrap_err(),
+                AttestError::BadCertificate(why),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            check_svid_structure(&[]).unwrap_err(),
+            AttestError::BadCertificate("no certificate presented")
+        );
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+        assert_eq!(
+            check_svid_structure(&[garbage]).unwrap_err().reason(),
+            "bad_certificate"
+        );
+    }
+
+    #[test]
+    fn roots_are_chosen_by_the_leaf_trust_domain_only() {
+        // The other trust domain's CA issues a leaf claiming example.org; that CA is
+        // trusted, but only for other.org.
+        let ours = root("example.org");
+        let theirs = root("other.org");
+        let forged = workload(&theirs);
+        let v = verifier(vec![
+            bundle("example.org", &[&ours]),
+            bundle("other.org", &[&theirs]),
+        ]);
+        assert_eq!(
+            verify_err(&v, std::slice::from_ref(&forged.der)),
+            AttestError::UntrustedChain("unknown issuer")
+        );
+        // The same CA in example.org's bundle would verify it: the refusal is by domain.
+        let v = verifier(vec![bundle("example.org", &[&ours, &theirs])]);
+        assert!(v.verify(std::slice::from_ref(&forged.der), noon()).is_ok());
+    }
+
+    #[test]
+    fn intermediates_must_be_signing_certificates() {
+        let ca = root("example.org");
+        let good = intermediate(
+            &ca,
+            "example.org",
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign],
+        );
+        let leaf = workload(&good);
+        let v = verifier(vec![bundle("example.org", &[&ca])]);
+        let chain = [leaf.der.clone(), good.der.clone()];
+        assert!(v.verify(&chain, noon()).is_ok());
+        // Without the intermediate there is no path.
+        assert_eq!(
+            verify_err(&v, std::slice::from_ref(&leaf.der)),
+            AttestError::UntrustedChain("unknown issuer")
+        );
+
+        // rustls-webpki alone would accept this chain; the X509-SVID rules do not.
+        let weak = intermediate(&ca, "example.org", vec![KeyUsagePurpose::CrlSign]);
+        let leaf = workload(&weak);
+        let chain = [leaf.der.clone(), weak.der.clone()];
+        let anchors = [webpki::anchor_from_trusted_cert(&ca.der).unwrap()];
+        let path_only = webpki::EndEntityCert::try_from(&leaf.der)
+            .unwrap()
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                &chain[1..],
+                unix_time(noon()),
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .is_ok();
+        assert!(path_only, "rustls-webpki now checks keyCertSign itself");
+        let want = AttestError::BadCertificate("intermediate certificate lacks keyCertSign");
+        assert_eq!(verify_err(&v, &chain), want);
+        assert_eq!(check_svid_structure(&chain).unwrap_err(), want);
+    }
+
+    #[test]
+    fn missing_or_empty_bundle_rejects() {
+        let ca = root("example.org");
+        let leaf = workload(&ca);
+        let chain = std::slice::from_ref(&leaf.der);
+        let v = verifier(vec![bundle("other.org", &[&ca])]);
+        assert_eq!(
+            verify_err(&v, chain),
+            AttestError::UnknownTrustDomain(td("example.org"))
+        );
+        let v = verifier(vec![bundle("example.org", &[])]);
+        assert_eq!(
+            verify_err(&v, chain),
+            AttestError::NoX509Authorities(td("example.org"))
+        );
+        assert_eq!(
+            AttestError::NoX509Authorities(td("example.org")).reason(),
+            "no_x509_authorities"
+        );
+    }
+
+    #[test]
+    fn error_messages_never_carry_certificate_bytes() {
+        let e = AttestError::BadCertificate("leaf has no URI SAN").to_string();
+        assert_eq!(e, "bad certificate: leaf has no URI SAN");
+        let e = AttestError::UntrustedChain("unknown issuer").to_string();
+        assert_eq!(e, "certificate chain is not trusted: unknown issuer");
+    }
+
+    // ---- a real rustls handshake with the verifier ------------------------------------
+
+    mod handshake {
+        use super::*;
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+        use rustls::{ClientConfig, RootCertStore, ServerConfig};
+        use std::collections::HashMap;
+        use std::sync::Mutex;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+        /// A bundle source a test can swap, like `FileBundles::reload`.
+        #[derive(Default)]
+        struct Swappable(Mutex<HashMap<TrustDomain, Arc<TrustBundle>>>);
+
+        impl BundleSource for Swappable {
+            fn bundle(&self, td: &TrustDomain) -> Option<Arc<TrustBundle>> {
+                self.0.lock().unwrap().get(td).cloned()
+            }
+        }
+
+        impl Swappable {
+            fn set(&self, b: TrustBundle) {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .insert(b.trust_domain.clone(), Arc::new(b));
+            }
+        }
+
+        fn key_der(k: &KeyPair) -> PrivateKeyDer<'static> {
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.serialize_der()))
+        }
+
+        struct Setup {
+            acceptor: TlsAcceptor,
+            server_ca: Ca,
+        }
+
+        fn server(bundles: Arc<dyn BundleSource>, clock: Arc<dyn Clock>) -> Setup {
+            // The server's own certificate: rcgen's default validity (1975–4096), since
+            // the client checks it against the wall clock.
+            let server_ca = root("server.test");
+            let key = KeyPair::generate().unwrap();
+            let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            let cert = params.signed_by(&key, &server_ca.issuer).unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = ServerConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .unwrap()
+                .with_client_cert_verifier(Arc::new(SpiffeClientCertVerifier::new(bundles, clock)))
+                .with_single_cert(vec![cert.der().clone()], key_der(&key))
+                .unwrap();
+            Setup {
+                acceptor: TlsAcceptor::from(Arc::new(config)),
+                server_ca,
+            }
+        }
+
+        fn client(
+            server_ca: &Ca,
+            version: &'static rustls::SupportedProtocolVersion,
+            cert: Option<(&[CertificateDer<'static>], &KeyPair)>,
+        ) -> TlsConnector {
+            let mut roots = RootCertStore::empty();
+            roots.add(server_ca.der.clone()).unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let builder = ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots);
+            let config = match cert {
+                Some((chain, key)) => builder
+                    .with_client_auth_cert(chain.to_vec(), key_der(key))
+                    .unwrap(),
+                None => builder.with_no_client_auth(),
+            };
+            TlsConnector::from(Arc::new(config))
+        }
+
+        /// Runs one handshake and a ping over a duplex pipe. Returns the server's view:
+        /// `Ok(peer certificates)` or the server-side error.
+        async fn connect(
+            acceptor: &TlsAcceptor,
+            connector: &TlsConnector,
+        ) -> Result<Option<Vec<CertificateDer<'static>>>, String> {
+            let (c, s) = tokio::io::duplex(64 * 1024);
+            let server = async {
+                let mut tls = acceptor.accept(s).await.map_err(|e| e.to_string())?;
+                let peer = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|p| p.iter().map(|c| c.clone().into_owned()).collect());
+                let mut buf = [0u8; 4];
+                tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+                tls.write_all(b"pong").await.map_err(|e| e.to_string())?;
+                tls.shutdown().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(peer)
+            };
+            let client = async {
+                let name = ServerName::try_from("localhost").unwrap();
+                let mut tls = connector.connect(name, c).await.ok()?;
+                tls.write_all(b"ping").await.ok()?;
+                let mut buf = [0u8; 4];
+                tls.read_exact(&mut buf).await.ok()?;
+                Some(buf)
+            };
+            let (server, client) = tokio::join!(server, client);
+            if server.is_ok() {
+                assert_eq!(client, Some(*b"pong"), "client did not complete");
+            }
+            server
+        }
+
+        #[tokio::test]
+        async fn mtls_with_spiffe_client_certificates() {
+            let ca = root("example.org");
+            let bundles = Arc::new(Swappable::default());
+            bundles.set(bundle("example.org", &[&ca]));
+            // The wall clock is far from 2030: acceptance proves the injected clock
+            // is what validity is checked against.
+            let clock = ManualClock::new(noon());
+            let Setup {
+                acceptor,
+                server_ca,
+            } = server(bundles.clone(), clock.clone());
+            let good = workload(&ca);
+
+            for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+                // A good SVID: the handshake completes and the server sees the chain.
+                let chain = [good.der.clone()];
+                let conn = client(&server_ca, version, Some((&chain, &good.key)));
+                let peer = connect(&acceptor, &conn).await.unwrap();
+                assert_eq!(peer, Some(vec![good.der.clone()]), "{version:?}");
+                let id = SpiffeClientCertVerifier::new(bundles.clone(), clock.clone())
+                    .x509_verifier()
+                    .verify(&peer.unwrap(), clock.now())
+                    .unwrap();
+                assert_eq!(id.subject(), "spiffe://example.org/workload");
+
+                // No client certificate: optional client auth, still completes.
+                let conn = client(&server_ca, version, None);
+                assert_eq!(connect(&acceptor, &conn).await.unwrap(), None);
+
+                // A CA=true leaf fails the handshake.
+                let mut params = leaf_params(&["spiffe://example.org/workload"]);
+                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                let bad = sign(&params, &ca);
+                let chain = [bad.der.clone()];
+                let conn = client(&server_ca, version, Some((&chain, &bad.key)));
+                let err = connect(&acceptor, &conn).await.unwrap_err();
+                assert!(err.contains("leaf must not be a CA"), "{err}");
+            }
+
+            // Expired by the injected clock.
+            clock.set(good.not_after + 1);
+            let chain = [good.der.clone()];
+            let conn = client(
+                &server_ca,
+                &rustls::version::TLS13,
+                Some((&chain, &good.key)),
+            );
+            let err = connect(&acceptor, &conn).await.unwrap_err();
+            assert!(err.to_lowercase().contains("expired"), "{err}");
+            clock.set(noon());
+
+            // Another trust domain's CA: untrusted until its bundle appears, then
+            // trusted by the same ServerConfig (bundles are read per handshake).
+            let other = root("other.org");
+            let mut params = leaf_params(&["spiffe://other.org/workload"]);
+            params.not_after = date_time_ymd(2030, 1, 2);
+            let stranger = sign(&params, &other);
+            let chain = [stranger.der.clone()];
+            let conn = client(
+                &server_ca,
+                &rustls::version::TLS13,
+                Some((&chain, &stranger.key)),
+            );
+            assert!(connect(&acceptor, &conn).await.is_err());
+            bundles.set(bundle("other.org", &[&other]));
+            assert!(connect(&acceptor, &conn).await.unwrap().is_some());
+        }
+
+        #[test]
+        fn verifier_offers_optional_client_auth_without_hints() {
+            let v = SpiffeClientCertVerifier::new(
+                Arc::new(StaticBundles::default()),
+                ManualClock::new(noon()),
+            );
+            assert!(v.offer_client_auth());
+            assert!(!v.client_auth_mandatory());
+            assert!(v.root_hint_subjects().is_empty());
+            assert!(!v.supported_verify_schemes().is_empty());
+        }
+    }
+}
