@@ -44,7 +44,7 @@ fn parse_cert<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, At
     match X509Certificate::from_der(der.as_ref()) {
         // A DER certificate followed by stray bytes is not a certificate (corpus
         // `trailing-garbage`): never silently truncate.
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(AttestError::BadCertificate(
             "trailing bytes after the certificate",
         )),
@@ -165,17 +165,23 @@ fn check_signing_cert(cert: &X509Certificate<'_>) -> Result<(), AttestError> {
 /// path validation and without a clock (go-spiffe `x509svid.Parse`, rust-spiffe
 /// `X509Svid::parse_from_der`, less the private key). Returns the leaf's SPIFFE ID.
 pub fn check_svid_structure(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, AttestError> {
+    structure(chain).map(|(id, _)| id)
+}
+
+/// The structure rules; returns the leaf's SPIFFE ID and notAfter.
+fn structure(chain: &[CertificateDer<'_>]) -> Result<(SpiffeId, UnixSeconds), AttestError> {
     let (leaf, rest) = chain
         .split_first()
         .ok_or(AttestError::BadCertificate("no certificate presented"))?;
     if chain.len() > MAX_CHAIN_LEN {
         return Err(AttestError::BadCertificate("certificate chain is too long"));
     }
-    let id = check_leaf(&parse_cert(leaf)?)?;
+    let leaf = parse_cert(leaf)?;
+    let id = check_leaf(&leaf)?;
     for der in rest {
         check_signing_cert(&parse_cert(der)?)?;
     }
-    Ok(id)
+    Ok((id, leaf.validity().not_after.timestamp()))
 }
 
 fn unix_time(now: UnixSeconds) -> UnixTime {
@@ -240,7 +246,7 @@ impl X509SvidVerifier {
         chain: &[CertificateDer<'_>],
         now: UnixSeconds,
     ) -> Result<VerifiedIdentity, AttestError> {
-        let id = check_svid_structure(chain)?;
+        let (id, not_after) = structure(chain)?;
         let (leaf, intermediates) = chain
             .split_first()
             .ok_or(AttestError::BadCertificate("no certificate presented"))?;
@@ -275,14 +281,13 @@ impl X509SvidVerifier {
             None,
         )
         .map_err(|e| path_error(&e))?;
-        let expires_at = parse_cert(leaf)?.validity().not_after.timestamp();
         // RFC 8705 §3.1: `x5t#S256` is the base64url SHA-256 of the leaf's DER.
         let thumbprint = b64url(&sha256(leaf.as_ref()));
         Ok(VerifiedIdentity::new(
             VerifierProof::new(),
             Principal::Spiffe(id),
             CredentialKind::X509Svid,
-            expires_at,
+            not_after,
             Some(thumbprint),
         ))
     }
