@@ -117,8 +117,8 @@ async fn metadata_document_names_endpoints_grants_and_policy_scopes() {
         .as_array()
         .unwrap();
     assert!(auth.contains(&json!("private_key_jwt")), "{auth:?}");
-    // Not advertised before client certificates are accepted (the mTLS issue).
-    assert!(!auth.contains(&json!("tls_client_auth")), "{auth:?}");
+    // The test server has TLS listeners, which accept X.509-SVIDs (RFC 8705).
+    assert!(auth.contains(&json!("tls_client_auth")), "{auth:?}");
     assert!(doc["introspection_endpoint_auth_methods_supported"].is_array());
     assert_eq!(
         doc["tls_client_certificate_bound_access_tokens"],

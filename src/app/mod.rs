@@ -5,6 +5,7 @@
 pub mod dev;
 
 use crate::attest::FileBundles;
+use crate::attest::x509::SpiffeClientCertVerifier;
 use crate::audit::{AuditSink, JsonLines};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::RedisSettings;
@@ -163,11 +164,20 @@ pub fn start(
     service: Arc<Service>,
 ) -> Result<Running, AppError> {
     let s = service.settings();
+    // Client certificates are requested on both listeners and checked against the
+    // trust bundle of the leaf's own trust domain, read per handshake (so reloads apply).
     let tls = match &s.tls {
-        Some(files) => Some(
-            server::tls_config(&files.cert, &files.key)
-                .map_err(|e| AppError::Tls(e.to_string()))?,
-        ),
+        Some(files) => {
+            let bundles: Arc<dyn crate::attest::BundleSource> = service.bundles.clone();
+            let verifier = Arc::new(SpiffeClientCertVerifier::new(
+                bundles,
+                service.clock.clone(),
+            ));
+            Some(
+                server::tls_config(&files.cert, &files.key, Some(verifier))
+                    .map_err(|e| AppError::Tls(e.to_string()))?,
+            )
+        }
         None => None,
     };
     let addr = |l: &TcpListener| {

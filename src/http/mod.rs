@@ -8,7 +8,9 @@ use crate::clock::rfc3339;
 use crate::mint::keys::KeyInfo;
 use crate::revocation::{AuditFilter, IssuedToken, Page, RevocationRecord, TokenFilter};
 use crate::service::admin::{RevocationRequest, page_request};
-use crate::service::{CallerCredentials, Params, RequestContext, Service, ServiceError};
+use crate::service::{
+    CallerCredentials, Params, PeerCertificates, RequestContext, Service, ServiceError,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -31,9 +33,12 @@ pub const MAX_BODY: usize = 64 * 1024;
 const MAX_FORM_FIELDS: usize = 32;
 
 /// Connection facts our accept loop puts into each request's extensions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct PeerInfo {
     pub remote_addr: SocketAddr,
+    /// The client certificate chain, when the TLS client sent one (checked by the TLS
+    /// client verifier during the handshake).
+    pub certificates: Option<Arc<PeerCertificates>>,
 }
 
 type AppState = Arc<Service>;
@@ -103,7 +108,7 @@ fn bad_query(svc: &Service, ctx: &RequestContext, event: &'static str) -> Respon
     audit_refusal(svc, ctx, event, resp)
 }
 
-fn context(peer: Option<PeerInfo>, headers: &HeaderMap) -> RequestContext {
+fn context(peer: Option<&PeerInfo>, headers: &HeaderMap) -> RequestContext {
     // A caller-supplied request id is kept only if it is short and plain.
     let request_id = headers
         .get("x-request-id")
@@ -252,10 +257,14 @@ impl FromRequest<AppState> for OAuthInput {
             _ => "token.denied",
         };
         let headers = req.headers().clone();
-        let ctx = context(req.extensions().get::<PeerInfo>().copied(), &headers);
+        let peer = req.extensions().get::<PeerInfo>().cloned();
+        let ctx = context(peer.as_ref(), &headers);
         let body = Bytes::from_request(req, svc).await;
         match oauth_input(&headers, body) {
-            Ok((params, creds)) => Ok(Self { ctx, params, creds }),
+            Ok((params, mut creds)) => {
+                creds.peer = peer.and_then(|p| p.certificates);
+                Ok(Self { ctx, params, creds })
+            }
             Err(resp) => Err(audit_refusal(svc, &ctx, event, resp)),
         }
     }
@@ -271,8 +280,10 @@ impl FromRequestParts<AppState> for AdminInput {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
-        let ctx = context(parts.extensions.get::<PeerInfo>().copied(), &parts.headers);
-        let creds = credentials(&parts.headers).unwrap_or_default();
+        let peer = parts.extensions.get::<PeerInfo>();
+        let ctx = context(peer, &parts.headers);
+        let mut creds = credentials(&parts.headers).unwrap_or_default();
+        creds.peer = peer.and_then(|p| p.certificates.clone());
         Ok(Self { ctx, creds })
     }
 }
@@ -309,6 +320,15 @@ async fn revoke(State(svc): State<AppState>, i: OAuthInput) -> Response {
 
 async fn metadata(State(svc): State<AppState>) -> Response {
     let iss = svc.minter().issuer().to_owned();
+    // RFC 8705 client certificates exist only on TLS listeners (not in dev mode).
+    let mtls = svc.settings().tls.is_some();
+    let with_mtls = |methods: &[&str]| {
+        let mut m: Vec<String> = methods.iter().map(|s| (*s).to_owned()).collect();
+        if mtls {
+            m.push("tls_client_auth".into());
+        }
+        m
+    };
     let body = json!({
         "issuer": iss,
         "token_endpoint": format!("{iss}/token"),
@@ -319,11 +339,11 @@ async fn metadata(State(svc): State<AppState>) -> Response {
             crate::service::exchange::GRANT_TOKEN_EXCHANGE,
             crate::service::exchange::GRANT_CLIENT_CREDENTIALS,
         ],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_methods_supported": with_mtls(&["private_key_jwt"]),
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"],
         "client_assertion_types_supported": [crate::service::JWT_SPIFFE_ASSERTION],
-        "introspection_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
-        "revocation_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "introspection_endpoint_auth_methods_supported": with_mtls(&["private_key_jwt", "client_secret_basic"]),
+        "revocation_endpoint_auth_methods_supported": with_mtls(&["private_key_jwt"]),
         "scopes_supported": svc.policy().policy.scopes_supported(),
         "response_types_supported": ["token"],
         "subject_types_supported": ["public"],

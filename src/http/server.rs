@@ -1,13 +1,15 @@
 //! Our own accept loop (tokio + optional rustls + hyper-util), so each request carries
-//! the connection's facts (`PeerInfo`; the mTLS peer identity later), slow clients are
+//! the connection's facts (`PeerInfo`: address and client certificate chain), slow clients are
 //! cut off, and one shutdown future drains every connection.
 
 use super::PeerInfo;
+use crate::service::PeerCertificates;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
+use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
@@ -36,8 +38,13 @@ pub enum TlsError {
     Config(String),
 }
 
-/// rustls with the ring provider, TLS 1.3 and 1.2, HTTP/2 and HTTP/1.1 via ALPN.
-pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// rustls with the ring provider, TLS 1.3 and 1.2, HTTP/2 and HTTP/1.1 via ALPN. With a
+/// `client_verifier`, client certificates are requested (not required).
+pub fn tls_config(
+    cert: &Path,
+    key: &Path,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Cert {
@@ -55,10 +62,14 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError
         cause: e.to_string(),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match client_verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
         .with_single_cert(certs, key_der)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -105,18 +116,25 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc = router.clone().map_request(
-            move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(PeerInfo { remote_addr });
-                req
-            },
-        );
-        let hyper_svc = TowerToHyperService::new(svc);
         let builder = builder.clone();
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
+        let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            // Each request carries the connection's facts, read once per connection.
+            let with_peer = |certificates: Option<Arc<PeerCertificates>>| {
+                let info = PeerInfo {
+                    remote_addr,
+                    certificates,
+                };
+                TowerToHyperService::new(router.map_request(
+                    move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(info.clone());
+                        req
+                    },
+                ))
+            };
             match acceptor {
                 Some(acceptor) => {
                     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
@@ -129,12 +147,18 @@ pub async fn serve(
                         }
                         Err(_) => return,
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), hyper_svc);
+                    let certificates = tls.get_ref().1.peer_certificates().map(|chain| {
+                        Arc::new(PeerCertificates::new(
+                            chain.iter().map(|c| c.clone().into_owned()).collect(),
+                        ))
+                    });
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls), with_peer(certificates));
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), with_peer(None));
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
             }

@@ -59,26 +59,35 @@ impl Service {
         &self,
         creds: &CallerCredentials,
     ) -> Result<String, ServiceError> {
-        let Some(bearer) = &creds.bearer else {
-            return Err(ServiceError::Unauthenticated);
-        };
-        if let Some(h) = &self.policy().admin_token_sha256
-            && matches_sha256(bearer, h)
-        {
-            return Ok("admin-token".into());
-        }
-        if bearer.split('.').count() == 3
-            && let Ok(identity) = self.jwt_svids.verify(bearer, self.now())
-            && let Some(id) = identity.spiffe_id()
-        {
-            if allowed(&self.settings.admin_allowed, id) {
-                return Ok(id.to_string());
+        let failed = || ServiceError::InvalidClient("admin authentication failed".into());
+        let workload = match &creds.bearer {
+            Some(bearer) => {
+                if let Some(h) = &self.policy().admin_token_sha256
+                    && matches_sha256(bearer, h)
+                {
+                    return Ok("admin-token".into());
+                }
+                // Otherwise only a JWT-SVID bearer can authenticate.
+                if bearer.split('.').count() != 3 {
+                    return Err(failed());
+                }
+                let identity = self
+                    .jwt_svids
+                    .verify(bearer, self.now())
+                    .map_err(|_| failed())?;
+                identity.spiffe_id().cloned().ok_or_else(failed)?
             }
-            return Err(ServiceError::Forbidden);
+            // No bearer: the connection's X.509-SVID (mTLS), if any.
+            None => match self.peer_identity(creds) {
+                Some(identity) => identity?.spiffe_id().cloned().ok_or_else(failed)?,
+                None => return Err(ServiceError::Unauthenticated),
+            },
+        };
+        if allowed(&self.settings.admin_allowed, &workload) {
+            Ok(workload.to_string())
+        } else {
+            Err(ServiceError::Forbidden)
         }
-        Err(ServiceError::InvalidClient(
-            "admin authentication failed".into(),
-        ))
     }
 
     /// Opens the audit event of an admin call and authenticates the caller.

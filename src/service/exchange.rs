@@ -136,20 +136,20 @@ impl Service {
         let identity: VerifiedIdentity = match req.unverified_subject_token {
             Some(token) => self.jwt_svids.verify(token, now)?,
             None => {
-                // client_credentials: the client authentication is the identity.
-                let Some((kind, assertion)) = creds.assertion.as_ref() else {
-                    return Err(ServiceError::InvalidClient(
-                        "client_credentials needs a client credential".into(),
-                    ));
-                };
-                if kind != super::JWT_SPIFFE_ASSERTION {
-                    return Err(ServiceError::InvalidClient(
-                        "unsupported client_assertion_type".into(),
-                    ));
+                // client_credentials: the client authentication is the identity — a
+                // JWT-SVID assertion, else the X.509-SVID of the TLS connection (RFC 8705
+                // tls_client_auth; the token is then certificate-bound).
+                match self
+                    .assertion_identity(creds)
+                    .or_else(|| self.peer_identity(creds))
+                {
+                    Some(identity) => identity?,
+                    None => {
+                        return Err(ServiceError::InvalidClient(
+                            "client_credentials needs a client credential".into(),
+                        ));
+                    }
                 }
-                self.jwt_svids.verify(assertion, now).map_err(|e| {
-                    ServiceError::InvalidClient(format!("client assertion rejected: {e}"))
-                })?
             }
         };
         let subject = identity.subject();

@@ -61,14 +61,9 @@ impl Service {
         &self,
         creds: &CallerCredentials,
     ) -> Result<Caller, ServiceError> {
-        if let Some(result) = self.verify_assertion(creds) {
-            let id = result?;
-            if !allowed(&self.settings.introspection_allowed, &id) {
-                return Err(ServiceError::Forbidden);
-            }
-            return Ok(Caller::Workload(id.to_string()));
-        }
-        if let Some((id, secret)) = &creds.basic {
+        // Explicit credentials first (a JWT-SVID assertion, HTTP Basic), then the
+        // connection's X.509-SVID.
+        if let Some((id, secret)) = creds.basic.as_ref().filter(|_| creds.assertion.is_none()) {
             // argon2id is deliberately slow (tens of ms): keep it off the async workers.
             let (clients, id2, secret) = (
                 self.settings.introspection_clients.clone(),
@@ -86,7 +81,16 @@ impl Service {
                 "client authentication failed".into(),
             ));
         }
-        Err(ServiceError::Unauthenticated)
+        match self.workload_caller(creds) {
+            Some(id) => {
+                let id = id?;
+                if !allowed(&self.settings.introspection_allowed, &id) {
+                    return Err(ServiceError::Forbidden);
+                }
+                Ok(Caller::Workload(id.to_string()))
+            }
+            None => Err(ServiceError::Unauthenticated),
+        }
     }
 
     pub async fn introspect(
@@ -175,18 +179,18 @@ impl Service {
         params: &Params,
         creds: &CallerCredentials,
     ) -> Result<(), ServiceError> {
-        let caller = if let Some(result) = self.verify_assertion(creds) {
-            Caller::Workload(result?.to_string())
-        } else if let Some(bearer) = &creds.bearer {
-            let hash = self.policy().admin_token_sha256.clone();
-            match hash {
-                Some(h) if matches_sha256(bearer, &h) => Caller::Admin,
+        // The admin token, or the token's own subject (JWT-SVID assertion or mTLS).
+        let caller = if let Some(bearer) = &creds.bearer {
+            match &self.policy().admin_token_sha256 {
+                Some(h) if matches_sha256(bearer, h) => Caller::Admin,
                 _ => {
                     return Err(ServiceError::InvalidClient(
                         "client authentication failed".into(),
                     ));
                 }
             }
+        } else if let Some(result) = self.workload_caller(creds) {
+            Caller::Workload(result?.to_string())
         } else {
             return Err(ServiceError::Unauthenticated);
         };

@@ -8,6 +8,7 @@ pub mod introspect;
 mod limiter;
 
 use crate::attest::jwt_svid::JwtSvidVerifier;
+use crate::attest::x509::X509SvidVerifier;
 use crate::attest::{AttestError, FileBundles};
 use crate::audit::{AuditEvent, AuditSink, Outcome};
 use crate::clock::{SharedClock, UnixSeconds};
@@ -18,10 +19,11 @@ use crate::mint::Minter;
 use crate::policy::{CompiledPolicy, SpiffePattern};
 use crate::revocation::{AuditTail, RevocationStore, StoredAuditEvent, TokenInventory};
 use arc_swap::ArcSwap;
+use rustls_pki_types::CertificateDer;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 
 pub use limiter::RateLimiter;
@@ -119,16 +121,36 @@ pub struct CallerCredentials {
     pub basic: Option<(String, String)>,
     /// `Authorization: Bearer …`.
     pub bearer: Option<String>,
+    /// The client certificate chain of the TLS connection, if the client sent one.
+    pub peer: Option<Arc<PeerCertificates>>,
+}
+
+/// A client certificate chain from the TLS handshake (the TLS client verifier already
+/// checked it). The identity is derived once per connection and reused by every
+/// request on it; its expiry is still checked per request.
+pub struct PeerCertificates {
+    chain: Vec<CertificateDer<'static>>,
+    identity: OnceLock<Result<VerifiedIdentity, String>>,
+}
+
+impl PeerCertificates {
+    pub fn new(chain: Vec<CertificateDer<'static>>) -> Self {
+        Self {
+            chain,
+            identity: OnceLock::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for CallerCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "CallerCredentials(assertion: {}, basic: {}, bearer: {})",
+            "CallerCredentials(assertion: {}, basic: {}, bearer: {}, peer: {})",
             self.assertion.is_some(),
             self.basic.as_ref().map_or("-", |(id, _)| id.as_str()),
-            self.bearer.is_some()
+            self.bearer.is_some(),
+            self.peer.is_some()
         )
     }
 }
@@ -164,6 +186,7 @@ pub struct Service {
     pub(crate) settings: Settings,
     pub(crate) clock: SharedClock,
     pub(crate) jwt_svids: JwtSvidVerifier,
+    pub(crate) x509_svids: X509SvidVerifier,
     pub(crate) bundles: Arc<FileBundles>,
     pub(crate) minter: Minter,
     pub(crate) revocations: Arc<dyn RevocationStore>,
@@ -203,8 +226,10 @@ impl Service {
             p.settings.leeway,
         );
         let limiter = p.settings.per_identity_limit.map(RateLimiter::new);
+        let x509_svids = X509SvidVerifier::new(p.bundles.clone());
         let svc = Arc::new(Self {
             jwt_svids,
+            x509_svids,
             bundles: p.bundles,
             minter: p.minter,
             revocations: p.revocations,
@@ -287,10 +312,10 @@ impl Service {
     }
 
     /// Verifies a JWT-SVID client assertion (OAuth SPIFFE client authentication draft).
-    pub(crate) fn verify_assertion(
+    pub(crate) fn assertion_identity(
         &self,
         creds: &CallerCredentials,
-    ) -> Option<Result<SpiffeId, ServiceError>> {
+    ) -> Option<Result<VerifiedIdentity, ServiceError>> {
         let (kind, assertion) = creds.assertion.as_ref()?;
         if kind != JWT_SPIFFE_ASSERTION {
             return Some(Err(ServiceError::InvalidClient(
@@ -298,15 +323,50 @@ impl Service {
             )));
         }
         Some(
-            self.jwt_svids
-                .verify(assertion, self.now())
-                .map_err(|e| ServiceError::InvalidClient(format!("client assertion rejected: {e}")))
-                .and_then(|id: VerifiedIdentity| {
-                    id.spiffe_id().cloned().ok_or_else(|| {
-                        ServiceError::InvalidClient("client assertion has no SPIFFE ID".into())
-                    })
-                }),
+            self.jwt_svids.verify(assertion, self.now()).map_err(|e| {
+                ServiceError::InvalidClient(format!("client assertion rejected: {e}"))
+            }),
         )
+    }
+
+    /// The X.509-SVID of the TLS connection as an identity (RFC 8705 `tls_client_auth`),
+    /// if the client presented a certificate.
+    pub(crate) fn peer_identity(
+        &self,
+        creds: &CallerCredentials,
+    ) -> Option<Result<VerifiedIdentity, ServiceError>> {
+        let peer = creds.peer.as_ref()?;
+        let now = self.now();
+        let verified = peer.identity.get_or_init(|| {
+            self.x509_svids
+                .verify(&peer.chain, now)
+                .map_err(|e| e.to_string())
+        });
+        Some(match verified {
+            Ok(id) if id.expires_at() > now => Ok(id.clone()),
+            Ok(_) => Err(ServiceError::InvalidClient(
+                "client certificate has expired".into(),
+            )),
+            Err(e) => Err(ServiceError::InvalidClient(format!(
+                "client certificate rejected: {e}"
+            ))),
+        })
+    }
+
+    /// The workload a caller proved to be, from a JWT-SVID client assertion or else the
+    /// connection's X.509-SVID; `None` when it presented neither.
+    pub(crate) fn workload_caller(
+        &self,
+        creds: &CallerCredentials,
+    ) -> Option<Result<SpiffeId, ServiceError>> {
+        let identity = self
+            .assertion_identity(creds)
+            .or_else(|| self.peer_identity(creds))?;
+        Some(identity.and_then(|id| {
+            id.spiffe_id()
+                .cloned()
+                .ok_or_else(|| ServiceError::InvalidClient("credential has no SPIFFE ID".into()))
+        }))
     }
 
     pub fn policy(&self) -> arc_swap::Guard<Arc<Reloadable>> {
