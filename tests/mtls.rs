@@ -6,91 +6,15 @@
 
 mod common;
 
+use common::mtls::{Leaf, SpiffeCa, add_x509_authorities, ca, leaf};
 use common::{Env, JWT_SPIFFE, LEDGER, PAYMENTS, Server, jws_part};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
+use rcgen::{BasicConstraints, IsCa};
 use serde_json::{Value, json};
 use tessera::clock::{Clock as _, SystemClock};
 use tessera::jose::{b64url, sha256};
 
 const RS: &str = "spiffe://example.org/ns/rs/sa/reader";
 const OPS: &str = "spiffe://example.org/ops/alice";
-
-/// A SPIFFE CA for one trust domain.
-struct SpiffeCa {
-    issuer: Issuer<'static, KeyPair>,
-    der: Vec<u8>,
-}
-
-fn ca(trust_domain: &str) -> SpiffeCa {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, trust_domain);
-    p.subject_alt_names = vec![SanType::URI(
-        format!("spiffe://{trust_domain}").try_into().unwrap(),
-    )];
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = p.self_signed(&key).unwrap();
-    SpiffeCa {
-        der: cert.der().to_vec(),
-        issuer: Issuer::new(p, key),
-    }
-}
-
-/// A client certificate: PEM of cert + key for reqwest, and the leaf DER.
-struct Leaf {
-    identity_pem: String,
-    der: Vec<u8>,
-}
-
-fn leaf(ca: &SpiffeCa, uris: &[&str], tweak: impl FnOnce(&mut CertificateParams)) -> Leaf {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "workload");
-    p.subject_alt_names = uris
-        .iter()
-        .map(|u| SanType::URI((*u).try_into().unwrap()))
-        .collect();
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    tweak(&mut p);
-    let cert = p.signed_by(&key, &ca.issuer).unwrap();
-    Leaf {
-        identity_pem: format!("{}{}", cert.pem(), key.serialize_pem()),
-        der: cert.der().to_vec(),
-    }
-}
-
-fn x509_entry(ca: &SpiffeCa) -> Value {
-    use base64::Engine as _;
-    json!({"use": "x509-svid", "kty": "EC", "crv": "P-256",
-           "x5c": [base64::engine::general_purpose::STANDARD.encode(&ca.der)]})
-}
-
-/// Adds X.509 authorities to the two trust domains' bundle files (keeping their JWT keys).
-fn add_x509_authorities(env: &Env, example: &SpiffeCa, other: &SpiffeCa) {
-    for (file, ca) in [("example.org.json", example), ("other.org.json", other)] {
-        let path = env.path().join("bundles").join(file);
-        let mut doc: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let entry = x509_entry(ca);
-        // The JWK members of an x509-svid entry come from the certificate.
-        let pk = &doc["keys"][0];
-        let mut e = entry.as_object().unwrap().clone();
-        for k in ["x", "y"] {
-            e.insert(k.into(), pk[k].clone());
-        }
-        doc["keys"].as_array_mut().unwrap().push(Value::Object(e));
-        std::fs::write(&path, doc.to_string()).unwrap();
-    }
-}
 
 struct Setup {
     srv: Server,

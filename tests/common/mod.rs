@@ -4,6 +4,8 @@
 //! in memory and a reqwest client that trusts the test CA.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+pub mod mtls;
+
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
