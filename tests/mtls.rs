@@ -231,3 +231,40 @@ async fn mtls_identity_authenticates_introspection_revocation_and_admin() {
 fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(SystemClock.now()).unwrap()
 }
+
+/// The peer identity reaches the handlers over HTTP/1.1 and over HTTP/2 alike.
+#[tokio::test]
+async fn peer_identity_over_http1_and_http2() {
+    let s = setup().await;
+    let cert = leaf(&s.example, &[PAYMENTS], |_| {});
+    let thumbprint = b64url(&sha256(&cert.der));
+    for (name, h2) in [("HTTP/1.1", false), ("HTTP/2", true)] {
+        let b = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(s.srv.env.pki.ca_pem.as_bytes()).unwrap(),
+            )
+            .identity(reqwest::Identity::from_pem(cert.identity_pem.as_bytes()).unwrap());
+        let client = if h2 {
+            b.http2_prior_knowledge()
+        } else {
+            b.http1_only()
+        }
+        .build()
+        .unwrap();
+        let r = client
+            .post(format!("{}/token", s.srv.public))
+            .form(&[("grant_type", "client_credentials"), ("audience", LEDGER)])
+            .send()
+            .await
+            .unwrap();
+        let want = if h2 {
+            reqwest::Version::HTTP_2
+        } else {
+            reqwest::Version::HTTP_11
+        };
+        assert_eq!(r.version(), want, "{name}");
+        let body: Value = r.json().await.unwrap();
+        let claims = jws_part(body["access_token"].as_str().unwrap(), 1);
+        assert_eq!(claims["cnf"]["x5t#S256"], thumbprint, "{name}");
+    }
+}
