@@ -113,6 +113,11 @@ pub struct TrustDomainSection {
     pub bundle_file: Option<PathBuf>,
     pub workload_api: Option<String>,
     pub bundle_endpoint: Option<String>,
+    /// PEM roots for a `bundle_endpoint` served under a private CA (default: web PKI).
+    pub ca_file: Option<PathBuf>,
+    /// Allows an `http://` bundle endpoint on a loopback host (tests, local sidecars).
+    #[serde(default)]
+    pub dangerous_allow_http: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +191,10 @@ pub struct Settings {
     /// `store.backend = "redis"`: the shared store of every replica.
     pub redis: Option<RedisSettings>,
     pub trust_domains: Vec<(TrustDomain, PathBuf)>,
+    /// `[[trust_domain]] bundle_endpoint` entries (SPIFFE federation, `https_web`).
+    pub federation: Vec<FederatedDomain>,
+    /// Lower bound on the bundle refresh interval (30 s; not a config key, tests lower it).
+    pub federation_min_refresh: std::time::Duration,
     pub introspection_allowed: Vec<SpiffePattern>,
     pub introspection_clients: Vec<StaticClient>,
     /// Token requests per second per subject (burst = 2x).
@@ -193,6 +202,20 @@ pub struct Settings {
     pub audit_file: Option<PathBuf>,
     pub dev_mode: bool,
 }
+
+/// One federated trust domain: its bundle is fetched from `url` (SPIFFE Trust Domain and
+/// Bundle §5.2.1, `https_web` profile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedDomain {
+    pub trust_domain: TrustDomain,
+    pub url: String,
+    /// Roots for the endpoint's certificate instead of the system's web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// `dangerous_allow_http` on a loopback `http://` URL.
+    pub allow_http: bool,
+}
+
+pub const DEFAULT_FEDERATION_MIN_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct RedisSettings {
@@ -337,6 +360,42 @@ pub fn parse_rate(s: &str) -> Result<u32, String> {
         return Err(format!("{s:?}: the rate must be above zero"));
     }
     Ok(per_sec.max(1))
+}
+
+/// A bundle endpoint URL: `https://` (web PKI), or `http://` on a loopback host with
+/// `dangerous_allow_http = true`. No credentials, no fragment.
+fn check_bundle_endpoint(key: &str, raw: &str, allow_http: bool) -> Result<(), ConfigError> {
+    let url = url::Url::parse(raw).map_err(|e| {
+        key_err(
+            key,
+            format!("{raw:?} is not a URL ({e}); use https://host/path"),
+        )
+    })?;
+    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+        return Err(key_err(key, "must not carry credentials or a #fragment"));
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return Err(key_err(key, format!("{raw:?} has no host"))),
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http && loopback => Ok(()),
+        "http" if allow_http => Err(key_err(
+            key,
+            "http:// is allowed only on a loopback host (127.0.0.1, ::1, localhost), even with dangerous_allow_http",
+        )),
+        "http" => Err(key_err(
+            key,
+            "must be https:// (SPIFFE https_web profile); http:// needs a loopback host and dangerous_allow_http = true",
+        )),
+        other => Err(key_err(
+            key,
+            format!("scheme {other:?} is not supported; use https://"),
+        )),
+    }
 }
 
 impl FileConfig {
@@ -492,28 +551,70 @@ impl FileConfig {
             }
         };
         let mut trust_domains = Vec::new();
+        let mut federation: Vec<FederatedDomain> = Vec::new();
         for (i, td) in self.trust_domain.into_iter().enumerate() {
             let key = format!("trust_domain[{i}]");
             let name = TrustDomain::parse(&td.name)
                 .map_err(|e| key_err(&format!("{key}.name"), format!("{:?}: {e}", td.name)))?;
-            if td.workload_api.is_some() || td.bundle_endpoint.is_some() {
-                return Err(key_err(
-                    &key,
-                    "workload_api and bundle_endpoint sources are not available yet; use bundle_file",
-                ));
-            }
-            let file = td.bundle_file.ok_or_else(|| {
-                key_err(
-                    &format!("{key}.bundle_file"),
-                    "missing; point it at the SPIFFE bundle (JWKS) of this trust domain",
-                )
-            })?;
-            if trust_domains.iter().any(|(n, _)| n == &name) {
+            if trust_domains.iter().any(|(n, _)| n == &name)
+                || federation.iter().any(|f| f.trust_domain == name)
+            {
                 return Err(key_err(
                     &format!("{key}.name"),
                     format!("trust domain {name} is configured twice"),
                 ));
             }
+            let sources = [
+                td.bundle_file.is_some().then_some("bundle_file"),
+                td.bundle_endpoint.is_some().then_some("bundle_endpoint"),
+                td.workload_api.is_some().then_some("workload_api"),
+            ];
+            let sources: Vec<&str> = sources.into_iter().flatten().collect();
+            if sources.len() > 1 {
+                return Err(key_err(
+                    &format!("{key}.{}", sources[1]),
+                    format!(
+                        "a trust domain has exactly one bundle source; {} is set too",
+                        sources[0]
+                    ),
+                ));
+            }
+            if td.bundle_endpoint.is_none() {
+                for (set, k) in [
+                    (td.ca_file.is_some(), "ca_file"),
+                    (td.dangerous_allow_http, "dangerous_allow_http"),
+                ] {
+                    if set {
+                        return Err(key_err(
+                            &format!("{key}.{k}"),
+                            "applies only to a bundle_endpoint entry",
+                        ));
+                    }
+                }
+            }
+            if td.workload_api.is_some() {
+                return Err(key_err(
+                    &format!("{key}.workload_api"),
+                    "the workload_api source is not available yet; use bundle_file or bundle_endpoint",
+                ));
+            }
+            if let Some(url) = td.bundle_endpoint {
+                let url_key = format!("{key}.bundle_endpoint");
+                check_bundle_endpoint(&url_key, &url, td.dangerous_allow_http)?;
+                federation.push(FederatedDomain {
+                    trust_domain: name,
+                    url,
+                    ca_file: td.ca_file.map(resolve),
+                    allow_http: td.dangerous_allow_http,
+                });
+                continue;
+            }
+            let file = td.bundle_file.ok_or_else(|| {
+                key_err(
+                    &format!("{key}.bundle_file"),
+                    "missing; set bundle_file (a SPIFFE bundle on disk) or bundle_endpoint (an https URL)",
+                )
+            })?;
             trust_domains.push((name, resolve(file)));
         }
         if !self.oidc_issuer.is_empty() {
@@ -568,6 +669,8 @@ impl FileConfig {
             store_path,
             redis,
             trust_domains,
+            federation,
+            federation_min_refresh: DEFAULT_FEDERATION_MIN_REFRESH,
             introspection_allowed: patterns("introspection.allowed", &self.introspection.allowed)?,
             introspection_clients,
             per_identity_limit,

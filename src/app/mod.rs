@@ -4,8 +4,8 @@
 
 pub mod dev;
 
-use crate::attest::FileBundles;
 use crate::attest::x509::SpiffeClientCertVerifier;
+use crate::attest::{CombinedBundles, FileBundles, ManagedBundleSource};
 use crate::audit::{AuditSink, JsonLines};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::RedisSettings;
@@ -58,6 +58,19 @@ pub async fn build_service(
         FileBundles::load(settings.trust_domains.clone())
             .map_err(|e| AppError::Bundles(e.to_string()))?,
     );
+    let federated = crate::federation::FederatedBundles::start(
+        &settings.federation,
+        clock.clone(),
+        crate::federation::RefreshBounds {
+            min: settings.federation_min_refresh,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| AppError::Bundles(e.to_string()))?;
+    let sources: Vec<Arc<dyn ManagedBundleSource>> = vec![bundles.clone(), federated];
+    let trust =
+        Arc::new(CombinedBundles::new(sources).map_err(|e| AppError::Bundles(e.to_string()))?);
     let retain = settings.max_ttl + settings.leeway;
     let keys = Arc::new(
         KeyRing::open(&settings.key_dir, settings.signing_alg, retain, now)
@@ -86,6 +99,7 @@ pub async fn build_service(
         minter: Minter::new(settings.issuer.clone(), keys),
         clock,
         bundles,
+        trust,
         revocations,
         inventory,
         audit_tail,
@@ -168,7 +182,7 @@ pub fn start(
     // trust bundle of the leaf's own trust domain, read per handshake (so reloads apply).
     let tls = match &s.tls {
         Some(files) => {
-            let bundles: Arc<dyn crate::attest::BundleSource> = service.bundles.clone();
+            let bundles: Arc<dyn crate::attest::BundleSource> = service.trust.clone();
             let verifier = Arc::new(SpiffeClientCertVerifier::new(
                 bundles,
                 service.clock.clone(),

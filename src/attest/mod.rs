@@ -7,12 +7,14 @@
 //! `crate::jose`; never policy, mint, revocation or service.
 
 pub mod bundle;
+pub mod combined;
 pub mod jwt_svid;
 pub mod x509;
 
 pub use bundle::{
     BundleError, TrustBundle, parse_jwks, parse_spiffe_bundle, parse_x509_der, parse_x509_pem,
 };
+pub use combined::{CombinedBundles, ManagedBundleSource, RefreshHealth};
 pub use jwt_svid::JwtSvidVerifier;
 pub use x509::{SpiffeClientCertVerifier, X509SvidVerifier, check_svid_structure};
 

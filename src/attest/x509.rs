@@ -122,6 +122,23 @@ fn leaf_spiffe_id(cert: &X509Certificate<'_>) -> Result<SpiffeId, AttestError> {
     Ok(id)
 }
 
+/// The trust domain an X.509 authority names in a `spiffe://` URI SAN, if it names one
+/// (SPIRE's CAs carry the trust domain ID). Federation uses it to refuse a bundle
+/// endpoint that serves another trust domain's bundle.
+pub fn authority_trust_domain(der: &CertificateDer<'_>) -> Option<crate::domain::TrustDomain> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    let ext = cert
+        .get_extension_unique(&OID_X509_EXT_SUBJECT_ALT_NAME)
+        .ok()??;
+    let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() else {
+        return None;
+    };
+    san.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(u) => SpiffeId::parse(u).ok().map(|id| id.trust_domain()),
+        _ => None,
+    })
+}
+
 /// X509-SVID §4.1–4.3: the leaf is not a CA, has keyUsage with digitalSignature and
 /// without keyCertSign/cRLSign.
 fn check_leaf(cert: &X509Certificate<'_>) -> Result<SpiffeId, AttestError> {

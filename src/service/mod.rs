@@ -9,7 +9,7 @@ mod limiter;
 
 use crate::attest::jwt_svid::JwtSvidVerifier;
 use crate::attest::x509::X509SvidVerifier;
-use crate::attest::{AttestError, FileBundles};
+use crate::attest::{AttestError, CombinedBundles, FileBundles};
 use crate::audit::{AuditEvent, AuditSink, Outcome};
 use crate::clock::{SharedClock, UnixSeconds};
 use crate::config::{Settings, StaticClient};
@@ -187,7 +187,10 @@ pub struct Service {
     pub(crate) clock: SharedClock,
     pub(crate) jwt_svids: JwtSvidVerifier,
     pub(crate) x509_svids: X509SvidVerifier,
+    /// Reloaded on SIGHUP / admin reload.
     pub(crate) bundles: Arc<FileBundles>,
+    /// What the verifiers read: files + federated endpoints, one owner per trust domain.
+    pub(crate) trust: Arc<CombinedBundles>,
     pub(crate) minter: Minter,
     pub(crate) revocations: Arc<dyn RevocationStore>,
     pub(crate) inventory: Arc<dyn TokenInventory>,
@@ -204,6 +207,8 @@ pub struct ServiceParts {
     pub settings: Settings,
     pub clock: SharedClock,
     pub bundles: Arc<FileBundles>,
+    /// Must include `bundles` as one of its sources.
+    pub trust: Arc<CombinedBundles>,
     pub minter: Minter,
     pub revocations: Arc<dyn RevocationStore>,
     pub inventory: Arc<dyn TokenInventory>,
@@ -221,16 +226,17 @@ impl Service {
     pub fn new(p: ServiceParts) -> Arc<Self> {
         let (audit_tx, mut rx) = mpsc::channel::<StoredAuditEvent>(AUDIT_QUEUE);
         let jwt_svids = JwtSvidVerifier::new(
-            p.bundles.clone(),
+            p.trust.clone(),
             p.settings.accept_audiences.clone(),
             p.settings.leeway,
         );
         let limiter = p.settings.per_identity_limit.map(RateLimiter::new);
-        let x509_svids = X509SvidVerifier::new(p.bundles.clone());
+        let x509_svids = X509SvidVerifier::new(p.trust.clone());
         let svc = Arc::new(Self {
             jwt_svids,
             x509_svids,
             bundles: p.bundles,
+            trust: p.trust,
             minter: p.minter,
             revocations: p.revocations,
             inventory: p.inventory,
@@ -376,7 +382,7 @@ impl Service {
     /// Readiness (contract §2 `/readyz`): keys loaded, bundles loaded, store reachable.
     /// `Ok` carries warnings that do not make the server unready (stale bundles).
     pub async fn readiness(&self) -> Result<Vec<String>, String> {
-        let status = self.bundles.status();
+        let status = self.trust.status();
         if !status.is_ready() {
             let names: Vec<String> = status.missing.iter().map(ToString::to_string).collect();
             return Err(format!("trust bundles not loaded: {}", names.join(", ")));
@@ -388,7 +394,7 @@ impl Service {
         Ok(status
             .stale
             .iter()
-            .map(|td| format!("trust bundle of {td} failed to reload; serving the last good one"))
+            .map(|td| format!("trust bundle of {td} is stale: its last refresh failed; serving the last good one"))
             .collect())
     }
 }
@@ -445,6 +451,27 @@ impl Service {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
                 v.load(Ordering::Relaxed)
             ));
+        }
+        let health = self.trust.refresh_health();
+        if !health.is_empty() {
+            let now = self.now();
+            out.push_str("# HELP tessera_bundle_refresh_failures_total Failed fetches of a federated trust bundle.\n# TYPE tessera_bundle_refresh_failures_total counter\n");
+            for h in &health {
+                out.push_str(&format!(
+                    "tessera_bundle_refresh_failures_total{{trust_domain=\"{}\"}} {}\n",
+                    h.trust_domain, h.failures
+                ));
+            }
+            out.push_str("# HELP tessera_bundle_age_seconds Seconds since the served federated trust bundle was fetched.\n# TYPE tessera_bundle_age_seconds gauge\n");
+            for h in &health {
+                if let Some(at) = h.last_success {
+                    out.push_str(&format!(
+                        "tessera_bundle_age_seconds{{trust_domain=\"{}\"}} {}\n",
+                        h.trust_domain,
+                        (now - at).max(0)
+                    ));
+                }
+            }
         }
         out
     }
