@@ -18,3 +18,4 @@ pub mod mint;
 pub mod policy;
 pub mod revocation;
 pub mod service;
+pub mod workload;

@@ -120,6 +120,8 @@ pub fn prepare(dir: &Path, public: SocketAddr, admin: SocketAddr) -> Result<Sett
         store_path: dir.join("store.redb"),
         redis: None,
         trust_domains: vec![(td, p.bundle())],
+        agent_trust_domains: Vec::new(),
+        svid_workload_api: None,
         introspection_allowed: vec![pattern("spiffe://dev.local/**")?],
         introspection_clients: Vec::new(),
         per_identity_limit: None,

@@ -8,8 +8,9 @@ pub mod introspect;
 mod limiter;
 
 use crate::attest::jwt_svid::JwtSvidVerifier;
+use crate::attest::x509::ServerCertResolver;
 use crate::attest::x509::X509SvidVerifier;
-use crate::attest::{AttestError, FileBundles};
+use crate::attest::{AttestError, TrustBundles};
 use crate::audit::{AuditEvent, AuditSink, Outcome};
 use crate::clock::{SharedClock, UnixSeconds};
 use crate::config::{Settings, StaticClient};
@@ -187,7 +188,7 @@ pub struct Service {
     pub(crate) clock: SharedClock,
     pub(crate) jwt_svids: JwtSvidVerifier,
     pub(crate) x509_svids: X509SvidVerifier,
-    pub(crate) bundles: Arc<FileBundles>,
+    pub(crate) bundles: Arc<TrustBundles>,
     pub(crate) minter: Minter,
     pub(crate) revocations: Arc<dyn RevocationStore>,
     pub(crate) inventory: Arc<dyn TokenInventory>,
@@ -197,13 +198,14 @@ pub struct Service {
     audit_tx: mpsc::Sender<StoredAuditEvent>,
     pub(crate) limiter: Option<RateLimiter>,
     pub counters: Counters,
+    pub(crate) server_cert: Option<ServerCertResolver>,
 }
 
 /// The parts `app` wires together.
 pub struct ServiceParts {
     pub settings: Settings,
     pub clock: SharedClock,
-    pub bundles: Arc<FileBundles>,
+    pub bundles: Arc<TrustBundles>,
     pub minter: Minter,
     pub revocations: Arc<dyn RevocationStore>,
     pub inventory: Arc<dyn TokenInventory>,
@@ -211,6 +213,8 @@ pub struct ServiceParts {
     pub audit_sink: Arc<dyn AuditSink>,
     pub policy: CompiledPolicy,
     pub admin_token_sha256: Option<String>,
+    /// The listeners' certificate from the Workload API (`[spiffe] workload_api`).
+    pub server_cert: Option<ServerCertResolver>,
 }
 
 /// Audit events for the store's tail are written by one task, off the request path.
@@ -231,6 +235,7 @@ impl Service {
             jwt_svids,
             x509_svids,
             bundles: p.bundles,
+            server_cert: p.server_cert,
             minter: p.minter,
             revocations: p.revocations,
             inventory: p.inventory,
@@ -259,6 +264,11 @@ impl Service {
 
     pub fn now(&self) -> UnixSeconds {
         self.clock.now()
+    }
+
+    /// The Workload API SVID resolver, when the listeners serve the agent's SVID.
+    pub fn server_cert(&self) -> Option<ServerCertResolver> {
+        self.server_cert.clone()
     }
 
     pub fn settings(&self) -> &Settings {
