@@ -184,7 +184,7 @@ async fn run_x509(state: &State, delivered: &mut bool) -> Result<(), String> {
         let ctx = item.map_err(|e| e.to_string())?;
         let mut bundles = HashMap::new();
         for (td, b) in ctx.bundle_set().iter() {
-            let Ok(ours) = TrustDomain::parse(&td.to_string()) else {
+            let Ok(ours) = TrustDomain::parse(td.as_ref()) else {
                 tracing::warn!(trust_domain = %td, "Workload API sent a bundle for an invalid trust domain; ignored");
                 continue;
             };
@@ -229,7 +229,7 @@ async fn run_jwt(state: &State, delivered: &mut bool) -> Result<(), String> {
         let set = item.map_err(|e| e.to_string())?;
         let mut bundles = HashMap::new();
         for (td, b) in set.iter() {
-            let Ok(ours) = TrustDomain::parse(&td.to_string()) else {
+            let Ok(ours) = TrustDomain::parse(td.as_ref()) else {
                 continue;
             };
             let keys: Result<Vec<serde_json::Value>, _> = b
