@@ -190,11 +190,17 @@ pub struct Settings {
     pub store_path: PathBuf,
     /// `store.backend = "redis"`: the shared store of every replica.
     pub redis: Option<RedisSettings>,
+    /// `[[trust_domain]] bundle_file` entries.
     pub trust_domains: Vec<(TrustDomain, PathBuf)>,
     /// `[[trust_domain]] bundle_endpoint` entries (SPIFFE federation, `https_web`).
     pub federation: Vec<FederatedDomain>,
     /// Lower bound on the bundle refresh interval (30 s; not a config key, tests lower it).
     pub federation_min_refresh: std::time::Duration,
+    /// `[[trust_domain]] workload_api` entries: bundles streamed from the local agent.
+    pub agent_trust_domains: Vec<(TrustDomain, String)>,
+    /// `[spiffe] workload_api` without `server.tls_cert`/`tls_key`: the listeners serve
+    /// the agent's X.509-SVID.
+    pub svid_workload_api: Option<String>,
     pub introspection_allowed: Vec<SpiffePattern>,
     pub introspection_clients: Vec<StaticClient>,
     /// Token requests per second per subject (burst = 2x).
@@ -324,6 +330,34 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), St
     Ok(())
 }
 
+/// A Workload API endpoint: `unix:///absolute/path` (the SPIFFE Workload Endpoint
+/// form) or `tcp://ip:port`.
+fn workload_endpoint(key: &str, ep: String) -> Result<String, ConfigError> {
+    let ok = ep
+        .strip_prefix("unix://")
+        .is_some_and(|p| p.starts_with('/') && p.len() > 1)
+        || ep
+            .strip_prefix("tcp://")
+            .is_some_and(|a| a.parse::<SocketAddr>().is_ok());
+    if ok {
+        Ok(ep)
+    } else {
+        Err(key_err(
+            key,
+            format!(
+                "{ep:?} is not a Workload API endpoint; use unix:///path/to/agent.sock (or tcp://ip:port)"
+            ),
+        ))
+    }
+}
+
+impl Settings {
+    /// Whether the listeners serve TLS (certificate files or the agent's SVID).
+    pub fn serves_tls(&self) -> bool {
+        self.tls.is_some() || self.svid_workload_api.is_some()
+    }
+}
+
 fn duration(key: &str, v: &Option<String>, default: &str) -> Result<u64, ConfigError> {
     let s = v.as_deref().unwrap_or(default);
     parse_duration(s).map_err(|e| key_err(key, e.to_string()))
@@ -424,13 +458,8 @@ impl FileConfig {
                 cert: resolve(cert),
                 key: resolve(key),
             }),
+            (None, None) if self.spiffe.workload_api.is_some() => None,
             (None, None) => {
-                if self.spiffe.workload_api.is_some() {
-                    return Err(key_err(
-                        "spiffe.workload_api",
-                        "serving with the Workload API SVID is not available yet; set server.tls_cert and server.tls_key",
-                    ));
-                }
                 return Err(key_err(
                     "server.tls_cert",
                     "missing; set server.tls_cert and server.tls_key to PEM files (plain HTTP exists only in `tessera serve --dev`)",
@@ -448,6 +477,10 @@ impl FileConfig {
                     "missing; tls_key needs its tls_cert",
                 ));
             }
+        };
+        let svid_workload_api = match self.spiffe.workload_api {
+            Some(ep) => Some(workload_endpoint("spiffe.workload_api", ep)?),
+            None => None,
         };
         let default_ttl = duration("tokens.default_ttl", &self.tokens.default_ttl, "5m")?;
         let max_ttl = duration("tokens.max_ttl", &self.tokens.max_ttl, "15m")?;
@@ -552,12 +585,14 @@ impl FileConfig {
         };
         let mut trust_domains = Vec::new();
         let mut federation: Vec<FederatedDomain> = Vec::new();
+        let mut agent_trust_domains: Vec<(TrustDomain, String)> = Vec::new();
         for (i, td) in self.trust_domain.into_iter().enumerate() {
             let key = format!("trust_domain[{i}]");
             let name = TrustDomain::parse(&td.name)
                 .map_err(|e| key_err(&format!("{key}.name"), format!("{:?}: {e}", td.name)))?;
             if trust_domains.iter().any(|(n, _)| n == &name)
                 || federation.iter().any(|f| f.trust_domain == name)
+                || agent_trust_domains.iter().any(|(n, _)| n == &name)
             {
                 return Err(key_err(
                     &format!("{key}.name"),
@@ -592,11 +627,10 @@ impl FileConfig {
                     }
                 }
             }
-            if td.workload_api.is_some() {
-                return Err(key_err(
-                    &format!("{key}.workload_api"),
-                    "the workload_api source is not available yet; use bundle_file or bundle_endpoint",
-                ));
+            if let Some(ep) = td.workload_api {
+                let ep = workload_endpoint(&format!("{key}.workload_api"), ep)?;
+                agent_trust_domains.push((name, ep));
+                continue;
             }
             if let Some(url) = td.bundle_endpoint {
                 let url_key = format!("{key}.bundle_endpoint");
@@ -612,7 +646,7 @@ impl FileConfig {
             let file = td.bundle_file.ok_or_else(|| {
                 key_err(
                     &format!("{key}.bundle_file"),
-                    "missing; set bundle_file (a SPIFFE bundle on disk) or bundle_endpoint (an https URL)",
+                    "missing; set bundle_file (a SPIFFE bundle on disk), bundle_endpoint (an https URL) or workload_api (a SPIRE agent socket)",
                 )
             })?;
             trust_domains.push((name, resolve(file)));
@@ -671,6 +705,8 @@ impl FileConfig {
             trust_domains,
             federation,
             federation_min_refresh: DEFAULT_FEDERATION_MIN_REFRESH,
+            agent_trust_domains,
+            svid_workload_api,
             introspection_allowed: patterns("introspection.allowed", &self.introspection.allowed)?,
             introspection_clients,
             per_identity_limit,

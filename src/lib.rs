@@ -19,3 +19,4 @@ pub mod mint;
 pub mod policy;
 pub mod revocation;
 pub mod service;
+pub mod workload;

@@ -51,6 +51,7 @@ const OURS: &[&str] = &[
     "policy",
     "revocation",
     "service",
+    "workload",
 ];
 
 /// Which of our modules each module may use.
@@ -73,6 +74,7 @@ fn allowed(module: &str) -> &'static [&'static str] {
         "config" => &["domain", "jose", "policy"],
         "federation" => &["attest", "clock", "config", "domain"],
         "http" => &["service", "clock", "mint", "revocation", "audit", "jose"],
+        "workload" => &["attest", "domain"],
         _ => OURS, // app, cli, lib, main wire everything
     }
 }
@@ -86,7 +88,11 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("redis::", &["revocation/redis.rs"]),
     ("reqwest::", &["cli", "federation.rs"]),
     // TLS: the listeners, and the client-certificate verifier of attest.
-    ("rustls::", &["attest/x509.rs", "http"]),
+    ("rustls::", &["attest/x509.rs", "http", "workload"]),
+    // The Workload API client (spiffe crate) and the generated gRPC code.
+    ("spiffe::", &["workload"]),
+    ("tonic::", &["workload"]),
+    ("prost::", &["workload"]),
     ("webpki::", &["attest/x509.rs"]),
     ("x509_parser::", &["attest/x509.rs"]),
     ("SystemTime::now", &["clock"]),

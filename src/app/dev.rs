@@ -122,6 +122,8 @@ pub fn prepare(dir: &Path, public: SocketAddr, admin: SocketAddr) -> Result<Sett
         trust_domains: vec![(td, p.bundle())],
         federation: Vec::new(),
         federation_min_refresh: crate::config::DEFAULT_FEDERATION_MIN_REFRESH,
+        agent_trust_domains: Vec::new(),
+        svid_workload_api: None,
         introspection_allowed: vec![pattern("spiffe://dev.local/**")?],
         introspection_clients: Vec::new(),
         per_identity_limit: None,

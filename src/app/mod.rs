@@ -5,11 +5,14 @@
 pub mod dev;
 
 use crate::attest::x509::SpiffeClientCertVerifier;
-use crate::attest::{CombinedBundles, FileBundles, ManagedBundleSource};
+use crate::attest::{
+    CombinedBundles, FileBundles, LiveBundleSource, ManagedBundleSource, TrustBundles,
+};
 use crate::audit::{AuditSink, JsonLines};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::RedisSettings;
 use crate::config::Settings;
+use crate::domain::TrustDomain;
 use crate::http::{self, server};
 use crate::mint::Minter;
 use crate::mint::keys::KeyRing;
@@ -18,6 +21,8 @@ use crate::revocation::embedded::EmbeddedStore;
 use crate::revocation::redis::{RedisConfig, RedisStore};
 use crate::revocation::{AuditTail, Backend, RevocationStore, StoreError, TokenInventory};
 use crate::service::{Service, ServiceParts};
+use crate::workload::WorkloadApiSource;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,9 +59,28 @@ pub async fn build_service(
     let now = clock.now();
     let policy =
         CompiledPolicy::load(&settings.policy_file).map_err(|e| AppError::Policy(e.to_string()))?;
+    let files = FileBundles::load(settings.trust_domains.clone())
+        .map_err(|e| AppError::Bundles(e.to_string()))?;
+    // One Workload API client per distinct agent endpoint, shared by its trust domains
+    // and by the listeners' SVID.
+    let mut agents: HashMap<String, Arc<WorkloadApiSource>> = HashMap::new();
+    let mut agent = |ep: &str| {
+        agents
+            .entry(ep.to_owned())
+            .or_insert_with(|| WorkloadApiSource::start(ep))
+            .clone()
+    };
+    let mut agent_domains: Vec<(TrustDomain, Arc<dyn LiveBundleSource>)> = Vec::new();
+    for (td, ep) in &settings.agent_trust_domains {
+        agent_domains.push((td.clone(), agent(ep)));
+    }
+    let server_cert = settings
+        .svid_workload_api
+        .as_deref()
+        .filter(|_| settings.tls.is_none())
+        .map(|ep| agent(ep).server_cert_resolver());
     let bundles = Arc::new(
-        FileBundles::load(settings.trust_domains.clone())
-            .map_err(|e| AppError::Bundles(e.to_string()))?,
+        TrustBundles::new(files, agent_domains).map_err(|e| AppError::Bundles(e.to_string()))?,
     );
     let federated = crate::federation::FederatedBundles::start(
         &settings.federation,
@@ -106,6 +130,7 @@ pub async fn build_service(
         audit_sink,
         policy,
         admin_token_sha256,
+        server_cert,
         settings,
     }))
 }
@@ -180,19 +205,23 @@ pub fn start(
     let s = service.settings();
     // Client certificates are requested on both listeners and checked against the
     // trust bundle of the leaf's own trust domain, read per handshake (so reloads apply).
-    let tls = match &s.tls {
-        Some(files) => {
-            let bundles: Arc<dyn crate::attest::BundleSource> = service.trust.clone();
-            let verifier = Arc::new(SpiffeClientCertVerifier::new(
-                bundles,
-                service.clock.clone(),
-            ));
-            Some(
-                server::tls_config(&files.cert, &files.key, Some(verifier))
-                    .map_err(|e| AppError::Tls(e.to_string()))?,
-            )
-        }
-        None => None,
+    let verifier = || {
+        let bundles: Arc<dyn crate::attest::BundleSource> = service.trust.clone();
+        Arc::new(SpiffeClientCertVerifier::new(
+            bundles,
+            service.clock.clone(),
+        ))
+    };
+    let tls = match (&s.tls, service.server_cert()) {
+        (Some(files), _) => Some(
+            server::tls_config(&files.cert, &files.key, Some(verifier()))
+                .map_err(|e| AppError::Tls(e.to_string()))?,
+        ),
+        (None, Some(resolver)) => Some(
+            server::tls_config_with_resolver(resolver, Some(verifier()))
+                .map_err(|e| AppError::Tls(e.to_string()))?,
+        ),
+        (None, None) => None,
     };
     let addr = |l: &TcpListener| {
         l.local_addr().map_err(|e| AppError::Bind {
@@ -279,7 +308,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     let public = bind(public_listen).await?;
     let admin = bind(admin_listen).await?;
     let running = start(public, admin, service.clone())?;
-    let scheme = if service.settings().tls.is_some() {
+    let scheme = if service.settings().serves_tls() {
         "https"
     } else {
         "http"

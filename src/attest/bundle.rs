@@ -119,6 +119,23 @@ impl TrustBundle {
         }
     }
 
+    /// One bundle from the JWT authorities of `jwt` and the X.509 authorities of `x509`
+    /// (the Workload API sends the two kinds in separate streams). Either may be absent.
+    pub fn combine(
+        td: &TrustDomain,
+        jwt: Option<&TrustBundle>,
+        x509: Option<&TrustBundle>,
+    ) -> TrustBundle {
+        let mut b = TrustBundle::empty(td);
+        if let Some(j) = jwt {
+            b.jwt_authorities = j.jwt_authorities.clone();
+        }
+        if let Some(x) = x509 {
+            b.x509_authorities = x.x509_authorities.clone();
+        }
+        b
+    }
+
     /// The JWT authority with this `kid`, if the bundle has one.
     pub fn jwt_authority(&self, kid: &str) -> Option<&VerifyingKey> {
         self.jwt_authorities.get(kid).map(Arc::as_ref)

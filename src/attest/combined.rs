@@ -39,6 +39,15 @@ impl ManagedBundleSource for FileBundles {
     }
 }
 
+impl ManagedBundleSource for super::TrustBundles {
+    fn owned(&self) -> Vec<TrustDomain> {
+        self.trust_domains()
+    }
+    fn status(&self) -> BundleStatus {
+        super::TrustBundles::status(self)
+    }
+}
+
 /// The bundle source the verifiers read.
 pub struct CombinedBundles {
     sources: Vec<Arc<dyn ManagedBundleSource>>,

@@ -280,6 +280,85 @@ impl BundleSource for FileBundles {
     }
 }
 
+/// A source of bundles kept up to date from outside (the SPIFFE Workload API): it knows
+/// whether its first complete update has arrived.
+pub trait LiveBundleSource: BundleSource {
+    /// `Some(reason)` while the source has not delivered its first bundles.
+    fn waiting_for(&self) -> Option<String>;
+}
+
+/// Every configured trust domain's bundle source: `bundle_file` domains from
+/// `FileBundles`, `workload_api` domains from their agent. This is what the JWT-SVID
+/// verifier and the mTLS client-certificate verifier read, per lookup, so agent updates
+/// and file reloads apply to the next token and the next handshake.
+pub struct TrustBundles {
+    files: FileBundles,
+    agent: Vec<(TrustDomain, Arc<dyn LiveBundleSource>)>,
+}
+
+impl std::fmt::Debug for TrustBundles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustBundles")
+            .field("files", &self.files)
+            .field(
+                "agent",
+                &self.agent.iter().map(|(td, _)| td).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl TrustBundles {
+    /// A trust domain configured both as a file and from an agent is an error.
+    pub fn new(
+        files: FileBundles,
+        agent: Vec<(TrustDomain, Arc<dyn LiveBundleSource>)>,
+    ) -> Result<Self, BundleError> {
+        let mut seen: Vec<&TrustDomain> = files.trust_domains().collect();
+        for (td, _) in &agent {
+            if seen.contains(&td) {
+                return Err(BundleError::DuplicateTrustDomain(td.clone()));
+            }
+            seen.push(td);
+        }
+        Ok(Self { files, agent })
+    }
+
+    /// Every trust domain this source owns: files first, then agent domains.
+    pub fn trust_domains(&self) -> Vec<TrustDomain> {
+        self.files
+            .trust_domains()
+            .cloned()
+            .chain(self.agent.iter().map(|(td, _)| td.clone()))
+            .collect()
+    }
+
+    /// Re-reads the bundle files (agent domains update by themselves).
+    pub fn reload(&self) -> ReloadReport {
+        self.files.reload()
+    }
+
+    pub fn status(&self) -> BundleStatus {
+        let mut status = self.files.status();
+        status.configured += self.agent.len();
+        for (td, src) in &self.agent {
+            if src.waiting_for().is_some() || src.bundle(td).is_none() {
+                status.missing.push(td.clone());
+            }
+        }
+        status
+    }
+}
+
+impl BundleSource for TrustBundles {
+    fn bundle(&self, td: &TrustDomain) -> Option<Arc<TrustBundle>> {
+        if let Some((_, src)) = self.agent.iter().find(|(t, _)| t == td) {
+            return src.bundle(td);
+        }
+        self.files.bundle(td)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

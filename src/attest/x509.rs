@@ -36,6 +36,10 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::prelude::FromDer;
 
+/// Tessera's own server certificate, chosen per handshake (the Workload API SVID). Kept
+/// here so `service` can carry it without naming rustls.
+pub type ServerCertResolver = std::sync::Arc<dyn rustls::server::ResolvesServerCert>;
+
 /// Longest chain we look at (leaf + intermediates). SPIRE chains are 1–3 certificates;
 /// rustls-webpki has its own path-length budget on top of this.
 const MAX_CHAIN_LEN: usize = 8;

@@ -321,7 +321,7 @@ async fn revoke(State(svc): State<AppState>, i: OAuthInput) -> Response {
 async fn metadata(State(svc): State<AppState>) -> Response {
     let iss = svc.minter().issuer().to_owned();
     // RFC 8705 client certificates exist only on TLS listeners (not in dev mode).
-    let mtls = svc.settings().tls.is_some();
+    let mtls = svc.settings().serves_tls();
     let with_mtls = |methods: &[&str]| {
         let mut m: Vec<String> = methods.iter().map(|s| (*s).to_owned()).collect();
         if mtls {

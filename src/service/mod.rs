@@ -8,8 +8,9 @@ pub mod introspect;
 mod limiter;
 
 use crate::attest::jwt_svid::JwtSvidVerifier;
+use crate::attest::x509::ServerCertResolver;
 use crate::attest::x509::X509SvidVerifier;
-use crate::attest::{AttestError, CombinedBundles, FileBundles};
+use crate::attest::{AttestError, CombinedBundles, TrustBundles};
 use crate::audit::{AuditEvent, AuditSink, Outcome};
 use crate::clock::{SharedClock, UnixSeconds};
 use crate::config::{Settings, StaticClient};
@@ -187,9 +188,10 @@ pub struct Service {
     pub(crate) clock: SharedClock,
     pub(crate) jwt_svids: JwtSvidVerifier,
     pub(crate) x509_svids: X509SvidVerifier,
-    /// Reloaded on SIGHUP / admin reload.
-    pub(crate) bundles: Arc<FileBundles>,
-    /// What the verifiers read: files + federated endpoints, one owner per trust domain.
+    /// Bundle files (reloaded on SIGHUP / admin reload) and Workload API domains.
+    pub(crate) bundles: Arc<TrustBundles>,
+    /// What the verifiers read: files, agent and federated endpoints, one owner per
+    /// trust domain.
     pub(crate) trust: Arc<CombinedBundles>,
     pub(crate) minter: Minter,
     pub(crate) revocations: Arc<dyn RevocationStore>,
@@ -200,13 +202,14 @@ pub struct Service {
     audit_tx: mpsc::Sender<StoredAuditEvent>,
     pub(crate) limiter: Option<RateLimiter>,
     pub counters: Counters,
+    pub(crate) server_cert: Option<ServerCertResolver>,
 }
 
 /// The parts `app` wires together.
 pub struct ServiceParts {
     pub settings: Settings,
     pub clock: SharedClock,
-    pub bundles: Arc<FileBundles>,
+    pub bundles: Arc<TrustBundles>,
     /// Must include `bundles` as one of its sources.
     pub trust: Arc<CombinedBundles>,
     pub minter: Minter,
@@ -216,6 +219,8 @@ pub struct ServiceParts {
     pub audit_sink: Arc<dyn AuditSink>,
     pub policy: CompiledPolicy,
     pub admin_token_sha256: Option<String>,
+    /// The listeners' certificate from the Workload API (`[spiffe] workload_api`).
+    pub server_cert: Option<ServerCertResolver>,
 }
 
 /// Audit events for the store's tail are written by one task, off the request path.
@@ -237,6 +242,7 @@ impl Service {
             x509_svids,
             bundles: p.bundles,
             trust: p.trust,
+            server_cert: p.server_cert,
             minter: p.minter,
             revocations: p.revocations,
             inventory: p.inventory,
@@ -265,6 +271,11 @@ impl Service {
 
     pub fn now(&self) -> UnixSeconds {
         self.clock.now()
+    }
+
+    /// The Workload API SVID resolver, when the listeners serve the agent's SVID.
+    pub fn server_cert(&self) -> Option<ServerCertResolver> {
+        self.server_cert.clone()
     }
 
     pub fn settings(&self) -> &Settings {
