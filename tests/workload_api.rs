@@ -7,11 +7,9 @@
 
 mod common;
 
+use common::mtls::{Leaf, SpiffeCa, ca, leaf};
 use common::{Env, JWT_SPIFFE, LEDGER, PAYMENTS, jws_part};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
+use rcgen::{ExtendedKeyUsagePurpose, IsCa};
 use serde_json::{Value, json};
 use std::pin::Pin;
 use std::time::Duration;
@@ -29,54 +27,12 @@ use tonic::{Request, Response, Status};
 
 const TESSERA_ID: &str = "spiffe://example.org/tessera";
 
-struct SpiffeCa {
-    issuer: Issuer<'static, KeyPair>,
-    der: Vec<u8>,
-    pem: String,
-}
-
-fn ca(trust_domain: &str) -> SpiffeCa {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, trust_domain);
-    p.subject_alt_names = vec![SanType::URI(
-        format!("spiffe://{trust_domain}").try_into().unwrap(),
-    )];
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = p.self_signed(&key).unwrap();
-    SpiffeCa {
-        der: cert.der().to_vec(),
-        pem: cert.pem(),
-        issuer: Issuer::new(p, key),
-    }
-}
-
-struct Leaf {
-    identity_pem: String,
-    der: Vec<u8>,
-    key_der: Vec<u8>,
-}
-
-fn leaf(ca: &SpiffeCa, uri: &str, eku: ExtendedKeyUsagePurpose) -> Leaf {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "workload");
-    // SVIDs from an agent carry basicConstraints CA=false (the spiffe crate requires it).
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![eku, ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = p.signed_by(&key, &ca.issuer).unwrap();
-    Leaf {
-        identity_pem: format!("{}{}", cert.pem(), key.serialize_pem()),
-        der: cert.der().to_vec(),
-        key_der: key.serialize_der(),
-    }
+/// An agent-issued SVID: basicConstraints CA=false (the spiffe crate requires it).
+fn svid(ca: &SpiffeCa, uri: &str, eku: ExtendedKeyUsagePurpose) -> Leaf {
+    leaf(ca, &[uri], |p| {
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.extended_key_usages = vec![eku, ExtendedKeyUsagePurpose::ClientAuth];
+    })
 }
 
 /// What the fake agent currently serves.
@@ -231,7 +187,7 @@ async fn tessera_serves_the_agent_svid_and_bundles_and_rotates_without_restart()
 
     // Tessera starts before the agent answers: not ready until the first bundles.
     let ca1 = ca("example.org");
-    let svid1 = leaf(&ca1, TESSERA_ID, ExtendedKeyUsagePurpose::ServerAuth);
+    let svid1 = svid(&ca1, TESSERA_ID, ExtendedKeyUsagePurpose::ServerAuth);
     let srv = env.start().await;
     let not_ready = srv.svc.readiness().await.unwrap_err();
     assert!(not_ready.contains("example.org"), "{not_ready}");
@@ -250,7 +206,7 @@ async fn tessera_serves_the_agent_svid_and_bundles_and_rotates_without_restart()
 
     // mTLS with a client certificate from the agent's CA: a cnf-bound token, and the
     // server presented the agent's SVID.
-    let alice1 = leaf(&ca1, PAYMENTS, ExtendedKeyUsagePurpose::ClientAuth);
+    let alice1 = svid(&ca1, PAYMENTS, ExtendedKeyUsagePurpose::ClientAuth);
     let open = client(&[&ca1], Some(&alice1));
     let (status, body, peer) = token(&open, &srv.public, CC).await.unwrap();
     assert_eq!(status, 200, "{body}");
@@ -281,9 +237,9 @@ async fn tessera_serves_the_agent_svid_and_bundles_and_rotates_without_restart()
 
     // Rotation: new CA, new server SVID, the bundle holds only the new CA.
     let ca2 = ca("example.org");
-    let svid2 = leaf(&ca2, TESSERA_ID, ExtendedKeyUsagePurpose::ServerAuth);
+    let svid2 = svid(&ca2, TESSERA_ID, ExtendedKeyUsagePurpose::ServerAuth);
     agent.send(agent_state(&svid2, &ca2, &jwks)).unwrap();
-    let alice2 = leaf(&ca2, PAYMENTS, ExtendedKeyUsagePurpose::ClientAuth);
+    let alice2 = svid(&ca2, PAYMENTS, ExtendedKeyUsagePurpose::ClientAuth);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let (body, peer) = loop {
         // A fresh client each time: a new handshake.

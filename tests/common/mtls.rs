@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 /// A SPIFFE CA for one trust domain.
 pub struct SpiffeCa {
     issuer: Issuer<'static, KeyPair>,
-    der: Vec<u8>,
+    pub der: Vec<u8>,
+    pub pem: String,
 }
 
 pub fn ca(trust_domain: &str) -> SpiffeCa {
@@ -29,6 +30,7 @@ pub fn ca(trust_domain: &str) -> SpiffeCa {
     let cert = p.self_signed(&key).unwrap();
     SpiffeCa {
         der: cert.der().to_vec(),
+        pem: cert.pem(),
         issuer: Issuer::new(p, key),
     }
 }
@@ -37,6 +39,8 @@ pub fn ca(trust_domain: &str) -> SpiffeCa {
 pub struct Leaf {
     pub identity_pem: String,
     pub der: Vec<u8>,
+    /// PKCS#8 DER of the leaf's key (what the Workload API sends).
+    pub key_der: Vec<u8>,
 }
 
 pub fn leaf(ca: &SpiffeCa, uris: &[&str], tweak: impl FnOnce(&mut CertificateParams)) -> Leaf {
@@ -54,6 +58,7 @@ pub fn leaf(ca: &SpiffeCa, uris: &[&str], tweak: impl FnOnce(&mut CertificatePar
     Leaf {
         identity_pem: format!("{}{}", cert.pem(), key.serialize_pem()),
         der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
     }
 }
 
