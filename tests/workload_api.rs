@@ -185,12 +185,13 @@ async fn tessera_serves_the_agent_svid_and_bundles_and_rotates_without_restart()
     env.settings.agent_trust_domains = vec![(example, endpoint)];
     let jwks = common::bundle_json(&env.example_key, env.example_key.kid());
 
-    // Tessera starts before the agent answers: not ready until the first bundles.
+    // Tessera starts before the agent answers: not ready until its SVID and the first
+    // bundles have arrived.
     let ca1 = ca("example.org");
     let svid1 = svid(&ca1, TESSERA_ID, ExtendedKeyUsagePurpose::ServerAuth);
     let srv = env.start().await;
     let not_ready = srv.svc.readiness().await.unwrap_err();
-    assert!(not_ready.contains("example.org"), "{not_ready}");
+    assert!(not_ready.contains("X.509-SVID"), "{not_ready}");
 
     let (agent, rx) = watch::channel(agent_state(&svid1, &ca1, &jwks));
     serve_agent(&sock, rx);

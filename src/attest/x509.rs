@@ -38,7 +38,13 @@ use x509_parser::prelude::FromDer;
 
 /// Tessera's own server certificate, chosen per handshake (the Workload API SVID). Kept
 /// here so `service` can carry it without naming rustls.
-pub type ServerCertResolver = std::sync::Arc<dyn rustls::server::ResolvesServerCert>;
+pub type ServerCertResolver = std::sync::Arc<dyn LiveServerCert>;
+
+/// A server certificate that arrives from outside (the Workload API) and may not be
+/// there yet; `/readyz` waits for it.
+pub trait LiveServerCert: rustls::server::ResolvesServerCert {
+    fn has_certificate(&self) -> bool;
+}
 
 /// Longest chain we look at (leaf + intermediates). SPIRE chains are 1–3 certificates;
 /// rustls-webpki has its own path-length budget on top of this.

@@ -393,6 +393,11 @@ impl Service {
     /// Readiness (contract §2 `/readyz`): keys loaded, bundles loaded, store reachable.
     /// `Ok` carries warnings that do not make the server unready (stale bundles).
     pub async fn readiness(&self) -> Result<Vec<String>, String> {
+        if let Some(cert) = &self.server_cert
+            && !cert.has_certificate()
+        {
+            return Err("waiting for this server's X.509-SVID from the Workload API".into());
+        }
         let status = self.trust.status();
         if !status.is_ready() {
             let names: Vec<String> = status.missing.iter().map(ToString::to_string).collect();

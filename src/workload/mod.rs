@@ -10,6 +10,7 @@
 
 pub mod pb;
 
+use crate::attest::x509::LiveServerCert;
 use crate::attest::{BundleSource, LiveBundleSource, TrustBundle, parse_jwks, parse_x509_der};
 use crate::domain::TrustDomain;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -86,7 +87,7 @@ impl WorkloadApiSource {
 
     /// A rustls certificate resolver serving the agent's current default X.509-SVID
     /// (`None` — a failed handshake — until the first SVID arrives).
-    pub fn server_cert_resolver(&self) -> Arc<dyn ResolvesServerCert> {
+    pub fn server_cert_resolver(&self) -> Arc<dyn LiveServerCert> {
         Arc::new(SvidResolver(self.state.clone()))
     }
 
@@ -137,6 +138,12 @@ impl std::fmt::Debug for State {
 impl ResolvesServerCert for SvidResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.0.svid.load_full()
+    }
+}
+
+impl LiveServerCert for SvidResolver {
+    fn has_certificate(&self) -> bool {
+        self.0.svid.load().is_some()
     }
 }
 
