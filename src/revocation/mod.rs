@@ -207,6 +207,21 @@ pub trait AuditTail: Send + Sync + 'static {
     ) -> Result<Vec<StoredAuditEvent>, StoreError>;
 }
 
+/// One-time use of subject tokens (`[[oidc_issuer]] one_time`, contract §6 `once:{key}`).
+#[async_trait]
+pub trait ReplayGuard: Send + Sync + 'static {
+    /// Marks `key` as used until `expires_at`. `Ok(true)` for the first use, `Ok(false)`
+    /// when it was already marked and has not expired at `now`. Atomic: of any number of
+    /// concurrent calls with one key, across every replica sharing the store, exactly one
+    /// gets `true`. `key` is opaque, at most 128 bytes of `[0-9a-zA-Z:_-]`.
+    async fn first_use(
+        &self,
+        key: &str,
+        expires_at: UnixSeconds,
+        now: UnixSeconds,
+    ) -> Result<bool, StoreError>;
+}
+
 /// A backend implements all three; `app` hands each consumer the narrow trait it needs.
 pub trait Backend: RevocationStore + TokenInventory + AuditTail {}
 impl<T: RevocationStore + TokenInventory + AuditTail> Backend for T {}
