@@ -99,6 +99,9 @@ pub struct Grant {
     /// The rule's `grant.max_ttl` in seconds; `None` means the server's `default_ttl`.
     pub max_ttl: Option<u64>,
     pub actor: Option<SpiffeId>,
+    /// The issued token's subject when the rule maps it (`grant.subject`, OIDC rules);
+    /// `None` keeps the identity's own subject.
+    pub subject: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,6 +206,7 @@ impl CompiledPolicy {
                 scopes,
                 max_ttl: rule.max_ttl,
                 actor: req.actor.cloned(),
+                subject: None,
             });
         }
         let deny = match (scope_refused, actor_refused) {
