@@ -8,16 +8,18 @@
 //!   revocation of the same value deletes the record it replaces.
 //! - `tokens`: jti → JSON `IssuedToken`; `tokens_by_iat`: (iat, jti) → () for listing.
 //! - `audit`: sequence → JSON `StoredAuditEvent`, capped.
+//! - `once`: one-time key → `expires_at` of its mark ([`ReplayGuard`]); a mark past
+//!   `expires_at` counts as absent and is overwritten, `purge_expired` drops it.
 //!
-//! Threading: every write transaction and every scan runs in `spawn_blocking` (a commit
+//! Threading: every write transaction (`first_use` included) and every scan runs in `spawn_blocking` (a commit
 //! may fsync, a scan may touch many pages). Point reads (`is_revoked`, `blocked_until`,
 //! `get_issued`, `ping`) run inline: a few B-tree lookups served from redb's page cache
 //! cost less than the thread hop, and `is_revoked` is on the introspection hot path.
 
 use super::{
     AuditFilter, AuditTail, IssuedToken, LiftOutcome, NewRevocation, Page, PageRequest,
-    RevocationKind, RevocationRecord, RevocationStore, StoreError, StoredAuditEvent, TokenFilter,
-    TokenInventory, TokenRef,
+    ReplayGuard, RevocationKind, RevocationRecord, RevocationStore, StoreError, StoredAuditEvent,
+    TokenFilter, TokenInventory, TokenRef, check_once_key,
 };
 use crate::clock::UnixSeconds;
 use async_trait::async_trait;
@@ -41,6 +43,7 @@ const REV_INDEX: TableDefinition<&str, &str> = TableDefinition::new("rev_index")
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const TOKENS_BY_IAT: TableDefinition<(i64, &str), ()> = TableDefinition::new("tokens_by_iat");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const ONCE: TableDefinition<&str, i64> = TableDefinition::new("once");
 
 const NEXT_REVOCATION_ID: &str = "next_revocation_id";
 
@@ -107,6 +110,7 @@ impl EmbeddedStore {
         txn.open_table(TOKENS).map_err(db_err)?;
         txn.open_table(TOKENS_BY_IAT).map_err(db_err)?;
         txn.open_table(AUDIT).map_err(db_err)?;
+        txn.open_table(ONCE).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -451,6 +455,12 @@ impl RevocationStore for EmbeddedStore {
                 by_iat.remove((*iat, jti.as_str())).map_err(db_err)?;
                 count += 1;
             }
+
+            let mut once = txn.open_table(ONCE).map_err(db_err)?;
+            let before = once.len().map_err(db_err)?;
+            once.retain(|_, expires_at| expires_at > now)
+                .map_err(db_err)?;
+            count += before - once.len().map_err(db_err)?;
             Ok(count)
         })
         .await
@@ -539,6 +549,38 @@ impl TokenInventory for EmbeddedStore {
                 None
             };
             Ok(Page { items, next_cursor })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ReplayGuard for EmbeddedStore {
+    async fn first_use(
+        &self,
+        key: &str,
+        expires_at: UnixSeconds,
+        now: UnixSeconds,
+    ) -> Result<bool, StoreError> {
+        check_once_key(key)?;
+        if expires_at <= now {
+            return Ok(true);
+        }
+        let key = key.to_owned();
+        // Read and insert in one write transaction: redb admits one writer at a time,
+        // so concurrent callers serialize and exactly one sees the key absent.
+        // Immediate: a mark lost in a crash would let the token be exchanged again.
+        self.write(Durability::Immediate, move |txn| {
+            let mut once = txn.open_table(ONCE).map_err(db_err)?;
+            let live = once
+                .get(key.as_str())
+                .map_err(db_err)?
+                .is_some_and(|g| g.value() > now);
+            if live {
+                return Ok(false);
+            }
+            once.insert(key.as_str(), expires_at).map_err(db_err)?;
+            Ok(true)
         })
         .await
     }
@@ -709,6 +751,40 @@ mod tests {
             }
             assert_eq!(got, want, "limit {limit}");
         }
+    }
+
+    fn once_marks(store: &EmbeddedStore) -> u64 {
+        let txn = store.read_now().unwrap();
+        txn.open_table(ONCE).unwrap().len().unwrap()
+    }
+
+    /// Redis lets `EXAT` drop marks; here `purge_expired` must, and must count them.
+    #[tokio::test]
+    async fn purge_drops_and_counts_expired_once_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        for (key, expires_at) in [("gone-1", T + 10), ("gone-2", T + 20), ("kept", T + 30)] {
+            assert!(store.first_use(key, expires_at, T).await.unwrap(), "{key}");
+        }
+        assert_eq!(once_marks(&store), 3);
+        // `now` equal to an expires_at purges it: expired marks are absent (module doc).
+        assert_eq!(store.purge_expired(T + 20).await.unwrap(), 2);
+        assert_eq!(once_marks(&store), 1);
+        assert_eq!(store.purge_expired(T + 20).await.unwrap(), 0);
+        assert!(!store.first_use("kept", T + 30, T + 20).await.unwrap());
+        assert!(store.first_use("gone-1", T + 90, T + 20).await.unwrap());
+    }
+
+    /// An acknowledged mark is on disk: a reopen (a restart) still refuses the replay.
+    #[tokio::test]
+    async fn once_marks_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert!(store.first_use("k", T + 60, T).await.unwrap());
+        drop(store);
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert!(!store.first_use("k", T + 60, T + 1).await.unwrap());
     }
 
     #[test]

@@ -153,6 +153,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("bad cursor")]
     BadCursor,
+    /// A [`ReplayGuard`] key outside the documented alphabet or length. Callers pass a
+    /// hex digest, so this is a programming error, never a client's; the message gives
+    /// the length and first bad byte position, never the key (it might be a token).
+    #[error("invalid one-time key: {0}")]
+    InvalidKey(String),
 }
 
 #[async_trait]
@@ -178,7 +183,8 @@ pub trait RevocationStore: Send + Sync + 'static {
     async fn lift(&self, id: &str, now: UnixSeconds) -> Result<LiftOutcome, StoreError>;
     /// Readiness probe.
     async fn ping(&self) -> Result<(), StoreError>;
-    /// Drops expired entries (revocations, inventory, nothing else); returns how many.
+    /// Drops expired entries (revocations, inventory and, where the backend does not
+    /// expire them itself, one-time marks; not the audit tail); returns how many.
     async fn purge_expired(&self, now: UnixSeconds) -> Result<u64, StoreError>;
 }
 
@@ -214,6 +220,11 @@ pub trait ReplayGuard: Send + Sync + 'static {
     /// when it was already marked and has not expired at `now`. Atomic: of any number of
     /// concurrent calls with one key, across every replica sharing the store, exactly one
     /// gets `true`. `key` is opaque, at most 128 bytes of `[0-9a-zA-Z:_-]`.
+    ///
+    /// Both backends: an empty key or one breaking that rule is
+    /// [`StoreError::InvalidKey`], before anything is read or written; an
+    /// `expires_at <= now` marks nothing and returns `Ok(true)` (an already expired
+    /// mark would be absent anyway, and the caller refuses expired tokens first).
     async fn first_use(
         &self,
         key: &str,
@@ -222,6 +233,67 @@ pub trait ReplayGuard: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 }
 
+/// Longest [`ReplayGuard`] key: a prefix and a hex SHA-256 fit with room to spare.
+pub const MAX_ONCE_KEY_LEN: usize = 128;
+
+/// The [`ReplayGuard`] key rule, shared by both backends so they refuse the same keys.
+/// The alphabet keeps the Redis key free of glob and hash-tag characters (`{}*?[]`).
+fn check_once_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() || key.len() > MAX_ONCE_KEY_LEN {
+        return Err(StoreError::InvalidKey(format!(
+            "{} bytes long; pass 1 to {MAX_ONCE_KEY_LEN} bytes (a hex SHA-256 is 64)",
+            key.len()
+        )));
+    }
+    match key
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-')))
+    {
+        Some(at) => Err(StoreError::InvalidKey(format!(
+            "byte {at} is outside [0-9a-zA-Z:_-]; pass a hex digest"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A backend implements all three; `app` hands each consumer the narrow trait it needs.
 pub trait Backend: RevocationStore + TokenInventory + AuditTail {}
 impl<T: RevocationStore + TokenInventory + AuditTail> Backend for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_keys_follow_the_rule() {
+        let max = "a".repeat(MAX_ONCE_KEY_LEN);
+        let cases: [(&str, &str, bool); 11] = [
+            ("hex sha-256", &"0123456789abcdef".repeat(4), true),
+            ("every allowed class", "AZaz09:_-", true),
+            ("one byte", "x", true),
+            ("exactly the maximum", &max, true),
+            ("empty", "", false),
+            ("one byte too long", &format!("{max}a"), false),
+            ("space", "a b", false),
+            ("hash tag braces", "{tag}", false),
+            ("glob star", "a*", false),
+            ("slash", "a/b", false),
+            ("non-ascii", "caf\u{e9}", false),
+        ];
+        for (name, key, ok) in cases {
+            let got = check_once_key(key);
+            assert_eq!(got.is_ok(), ok, "{name}: {got:?}");
+            if let Err(e) = got {
+                assert!(matches!(e, StoreError::InvalidKey(_)), "{name}: {e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_key_message_does_not_echo_the_key() {
+        let secret = "eyJhbGciOiJSUzI1NiJ9.secret.part";
+        let e = check_once_key(secret).unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+        assert!(e.contains("byte 20"), "{e}");
+    }
+}

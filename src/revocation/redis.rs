@@ -1,4 +1,5 @@
-//! Redis backend of [`RevocationStore`], [`TokenInventory`] and [`AuditTail`]: the one
+//! Redis backend of [`RevocationStore`], [`TokenInventory`], [`AuditTail`] and
+//! [`ReplayGuard`]: the one
 //! list every replica shares (contract §6). The only module that names the `redis`
 //! crate; it imports only `clock`, `jose` (SHA-256, hex) and the revocation types.
 //!
@@ -27,6 +28,7 @@
 //! | `rev:log` | stream of records (`kind value reason actor created_at expires_at [block_until]`), `MAXLEN ~ 100000` | — |
 //! | `tok:<jti>` | hash: `sub aud [scope] kid iat exp` | `exp` |
 //! | `audit` | stream (`ts outcome [subject] json`), `MAXLEN ~ 10000` | — |
+//! | `once:<key>` | string `1`: a one-time subject token was used | `expires_at` |
 //!
 //! The `{…}` in the contract's table are placeholders: keys are written without braces.
 //! In Cluster mode braces would be hash tags; without them every key hashes whole, so
@@ -52,6 +54,19 @@
 //! entry that is never live (its key does not hold its id), so a failed revoke is never
 //! listed or reported as done. The record a revocation replaces is removed from the
 //! log on a best-effort basis; if that fails it is simply no longer live.
+//!
+//! # One-time marks
+//!
+//! `first_use` is one `EVAL` of [`MARK_ONCE`] on the single key `once:<key>` (so one
+//! slot, also in Cluster mode): it marks the key with `SET … EXAT expires_at` unless a
+//! mark is there whose `EXPIRETIME` is after the caller's `now`. A plain `SET NX EXAT`
+//! would judge expiry by Redis's clock; the script judges it by the injected `now`, as
+//! every reader here does. Redis runs a script atomically, so of any number of
+//! concurrent calls (from any replica) exactly one sees no live mark. With
+//! `min_replicas_ack` the script is followed by `WAIT` like a revocation: a mark lost
+//! in a failover would let the token be exchanged again. When the `WAIT` falls short
+//! the call fails although the master kept the mark, so a retry is refused as a
+//! replay: that fails closed. Marks expire by themselves; `purge_expired` leaves them.
 //!
 //! # One round trip for `is_revoked`, also in Cluster mode
 //!
@@ -97,14 +112,15 @@
 //! until `expires_at`) but are no longer listed and cannot be lifted by id.
 //!
 //! `purge_expired` removes stream records past `expires_at` (and their keys if Redis has
-//! not expired them yet) and inventory entries past `exp`; on a real clock the TTLs
+//! not expired them yet) and inventory entries past `exp`, not one-time marks (their TTL
+//! is exactly `expires_at`, and a mark past it is ignored by `first_use`); on a real clock the TTLs
 //! have normally done the work already. It walks the whole log and `SCAN`s every
 //! inventory entry, so call it rarely (say hourly).
 
 use super::{
     AuditFilter, AuditTail, IssuedToken, LiftOutcome, NewRevocation, Page, PageRequest,
-    RevocationKind, RevocationRecord, RevocationStore, StoreError, StoredAuditEvent, TokenFilter,
-    TokenInventory, TokenRef,
+    ReplayGuard, RevocationKind, RevocationRecord, RevocationStore, StoreError, StoredAuditEvent,
+    TokenFilter, TokenInventory, TokenRef, check_once_key,
 };
 use crate::clock::UnixSeconds;
 use crate::jose::{hex, sha256};
@@ -625,6 +641,9 @@ impl Keys {
     fn audit(&self) -> String {
         format!("{}audit", self.prefix)
     }
+    fn once(&self, key: &str) -> String {
+        format!("{}once:{key}", self.prefix)
+    }
 }
 
 fn glob_escape(s: &str) -> String {
@@ -674,6 +693,16 @@ local held = false
 if t == 'string' then held = redis.call('GET', KEYS[1]) elseif t == 'hash' then held = redis.call('HGET', KEYS[1], 'id') end
 if held == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+";
+
+/// Marks KEYS[1] until unix second ARGV[1] unless a mark lives after ARGV[2] (`now`).
+/// Returns 1 when it marked. `EXPIRETIME` -1 (a key without expiry, not ours) counts as
+/// live, as in [`live_expiry`]: refusing is the safe side.
+const MARK_ONCE: &str = r"
+local e = redis.call('EXPIRETIME', KEYS[1])
+if e == -1 or (e ~= -2 and e > tonumber(ARGV[2])) then return 0 end
+redis.call('SET', KEYS[1], '1', 'EXAT', ARGV[1])
+return 1
 ";
 
 /// `EVAL` of [`DELETE_IF_HOLDS`]; routed by its one key, so it can sit in a pipeline.
@@ -1849,6 +1878,43 @@ impl TokenInventory for RedisStore {
 }
 
 #[async_trait]
+impl ReplayGuard for RedisStore {
+    async fn first_use(
+        &self,
+        key: &str,
+        expires_at: UnixSeconds,
+        now: UnixSeconds,
+    ) -> Result<bool, StoreError> {
+        check_once_key(key)?;
+        if expires_at <= now {
+            return Ok(true);
+        }
+        let mut p = Pipeline::new();
+        p.cmd("EVAL")
+            .arg(MARK_ONCE)
+            .arg(1)
+            .arg(self.inner.keys.once(key))
+            // EXAT refuses 0 and below; such a mark is long expired anyway.
+            .arg(expires_at.max(1))
+            .arg(now);
+        let waits = self.add_wait(&mut p);
+        let reply = self.pipe(self.write_budget(), p).await?;
+        let marked = match reply.first() {
+            Some(v) => int(v)?,
+            None => return Err(StoreError::Corrupt("EVAL gave no reply".to_owned())),
+        };
+        if marked != 1 {
+            // Nothing written; the earlier mark's own write was acknowledged (or failed).
+            return Ok(false);
+        }
+        if waits {
+            self.check_wait(reply.get(1), "one-time mark")?;
+        }
+        Ok(true)
+    }
+}
+
+#[async_trait]
 impl AuditTail for RedisStore {
     async fn append_audit(&self, event: &StoredAuditEvent) -> Result<(), StoreError> {
         let mut p = Pipeline::new();
@@ -2004,6 +2070,7 @@ mod tests {
         assert_eq!(k.log(), "tessera:rev:log");
         assert_eq!(k.tok("j"), "tessera:tok:j");
         assert_eq!(k.audit(), "tessera:audit");
+        assert_eq!(k.once("ab12"), "tessera:once:ab12");
         assert_eq!(k.tok_jti("tessera:tok:j"), Some("j"));
         let odd = Keys {
             prefix: "a*[b]?:".to_owned(),
