@@ -13,7 +13,7 @@ use tessera::revocation::redis::{
     RedisAuth, RedisConfig, RedisNode, RedisStore, RedisTarget, parse_redis_url,
 };
 use tessera::revocation::{
-    NewRevocation, PageRequest, RevocationKind, RevocationStore, StoreError, TokenRef,
+    NewRevocation, PageRequest, ReplayGuard, RevocationKind, RevocationStore, StoreError, TokenRef,
 };
 
 fn config(url: &str) -> RedisConfig {
@@ -59,7 +59,7 @@ async fn run_conformance(store: &RedisStore, what: &str) {
     }
     println!("{what}: {} cases in {:?}", results.len(), started.elapsed());
     assert!(
-        results.len() >= 15,
+        results.len() >= 19,
         "suite ran only {} cases",
         results.len()
     );
@@ -258,6 +258,13 @@ async fn outages_fail_closed_within_the_timeout_and_recover_without_restart() {
     let got = store.revoke(jti_rev("during-freeze")).await;
     assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
     assert!(start.elapsed() < Duration::from_millis(800));
+    let start = Instant::now();
+    let got = store.first_use("during-freeze", T + 3600, T).await;
+    assert!(
+        matches!(&got, Err(StoreError::Unavailable(m)) if m == "timeout"),
+        "frozen server, first_use: {got:?}"
+    );
+    assert!(start.elapsed() < Duration::from_millis(800));
     server.signal("CONT");
 
     // Dead: connection refused, fast.
@@ -272,6 +279,8 @@ async fn outages_fail_closed_within_the_timeout_and_recover_without_restart() {
             start.elapsed()
         );
         let got = store.ping().await;
+        assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+        let got = store.first_use("while-dead", T + 3600, T).await;
         assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
     }
 
@@ -320,6 +329,70 @@ async fn missing_replica_acknowledgement_fails_the_revocation() {
         .await
         .unwrap();
     assert!(listed.items.is_empty(), "listed: {:?}", listed.items);
+}
+
+/// A one-time mark is the contract's key (§6 `once:{key}`), a string whose Redis TTL
+/// ends exactly at `expires_at` (Redis, not `purge_expired`, forgets it), and a used key
+/// is refused through a second store as through the first (replicas share marks).
+#[tokio::test]
+async fn once_marks_follow_the_contract_layout() {
+    if !available("once_marks_follow_the_contract_layout") {
+        return;
+    }
+    let server = RedisServer::start();
+    let a = RedisStore::connect(config(&server.url())).await.unwrap();
+    let b = RedisStore::connect(config(&server.url())).await.unwrap();
+    let key = "0123456789abcdef".repeat(4);
+    assert!(a.first_use(&key, T + 3600, T).await.unwrap());
+    assert!(!b.first_use(&key, T + 3600, T + 1).await.unwrap());
+    let redis_key = format!("tessera:once:{key}");
+    assert_eq!(cli(server.port, &["TYPE", &redis_key]).trim(), "string");
+    assert_eq!(
+        cli(server.port, &["EXPIRETIME", &redis_key]).trim(),
+        (T + 3600).to_string()
+    );
+    // Past expires_at the mark is absent for the injected clock, and re-marking moves
+    // the TTL to the new expires_at.
+    assert!(b.first_use(&key, T + 7200, T + 3600).await.unwrap());
+    assert_eq!(
+        cli(server.port, &["EXPIRETIME", &redis_key]).trim(),
+        (T + 7200).to_string()
+    );
+    // Keys are checked before Redis is asked: nothing is written for a bad one.
+    let got = a.first_use("a*", T + 3600, T).await;
+    assert!(matches!(got, Err(StoreError::InvalidKey(_))), "{got:?}");
+    assert_eq!(cli(server.port, &["KEYS", "tessera:once:a*"]).trim(), "");
+    // Already expired: nothing is written either.
+    assert!(a.first_use("dead", T - 1, T).await.unwrap());
+    assert_eq!(
+        cli(server.port, &["EXISTS", "tessera:once:dead"]).trim(),
+        "0"
+    );
+}
+
+/// With `min_replicas_ack = 1` and no replica a mark is refused like a revocation, and
+/// the refusal fails closed: the retry is a replay, since the master kept the mark.
+#[tokio::test]
+async fn missing_replica_acknowledgement_fails_the_one_time_mark() {
+    if !available("missing_replica_acknowledgement_fails_the_one_time_mark") {
+        return;
+    }
+    let server = RedisServer::start();
+    let strict = RedisStore::connect(RedisConfig {
+        min_replicas_ack: 1,
+        wait_timeout: Duration::from_millis(200),
+        ..config(&server.url())
+    })
+    .await
+    .unwrap();
+    let start = Instant::now();
+    let got = strict.first_use("unacked", T + 3600, T).await;
+    match &got {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("0 of 1"), "{m}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(!strict.first_use("unacked", T + 3600, T).await.unwrap());
 }
 
 /// Sentinel: a revocation acknowledged by the replica survives a failover, and the

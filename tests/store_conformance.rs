@@ -52,7 +52,7 @@ async fn conformance_suite_passes_on_embedded_store() {
         }
     }
     assert!(
-        results.len() >= 15,
+        results.len() >= 19,
         "suite ran only {} cases",
         results.len()
     );

@@ -19,6 +19,12 @@
 //! Cases not covered here because they need a backend-specific constructor (the audit
 //! cap) live in the backend's own unit tests.
 //!
+//! One-time marks ([`ReplayGuard`](super::ReplayGuard)): the embedded store drops
+//! expired marks in `purge_expired`, Redis lets `EXAT` drop them and its purge leaves
+//! them. So `purge` here checks only what both promise (an expired mark is usable
+//! again, a live one survives); the embedded unit tests check the purge count and
+//! `tests/redis_store.rs` the key's `EXPIRETIME`.
+//!
 //! Inventory order is not part of the contract: the embedded store lists tokens by
 //! `(iat, jti)`, while Redis walks `SCAN` batches (hash order) because a sorted index
 //! would be a key outside the contract's layout (§6) and another write per issued
@@ -27,8 +33,8 @@
 //! tested in its own unit tests. Revocation listings stay ordered (oldest first) here.
 
 use super::{
-    AuditFilter, Backend, IssuedToken, LiftOutcome, NewRevocation, PageRequest, RevocationKind,
-    RevocationRecord, StoreError, StoredAuditEvent, TokenFilter, TokenRef,
+    AuditFilter, Backend, IssuedToken, LiftOutcome, MAX_ONCE_KEY_LEN, NewRevocation, PageRequest,
+    RevocationKind, RevocationRecord, StoreError, StoredAuditEvent, TokenFilter, TokenRef,
 };
 use crate::clock::UnixSeconds;
 use std::hash::BuildHasher;
@@ -106,6 +112,10 @@ pub async fn run_all<B: Backend + ?Sized>(store: &B) -> Vec<(&'static str, Check
         inventory_live_filtering,
         inventory_pagination,
         audit_tail,
+        once_first_use,
+        once_expiry,
+        once_concurrent,
+        once_invalid_keys,
         // Last: it deletes what the others left expired.
         purge,
     );
@@ -1048,6 +1058,132 @@ pub async fn audit_tail<B: Backend + ?Sized>(s: &B, run: &Run) -> CheckResult {
     Ok(())
 }
 
+/// `first_use(key, expires_at, now)`, asserting the answer.
+async fn first_use<B: Backend + ?Sized>(
+    s: &B,
+    key: &str,
+    expires_at: UnixSeconds,
+    now: UnixSeconds,
+    want: bool,
+    what: &str,
+) -> CheckResult {
+    let got = s
+        .first_use(key, expires_at, now)
+        .await
+        .ctx(&format!("first_use ({what})"))?;
+    ensure_eq!(got, want, "first_use: {what}");
+    Ok(())
+}
+
+/// The first use of a key is `true`, every later one `false`; keys are independent.
+pub async fn once_first_use<B: Backend + ?Sized>(s: &B, run: &Run) -> CheckResult {
+    let (a, b) = (run.v("once-a"), run.v("once-b"));
+    first_use(s, &a, T + 3600, T, true, "first use of a").await?;
+    first_use(s, &a, T + 3600, T, false, "second use of a, same now").await?;
+    first_use(s, &a, T + 3600, T + 3599, false, "a just before its expiry").await?;
+    // A replay that claims a later expiry must not extend or reset anything either.
+    first_use(
+        s,
+        &a,
+        LONG,
+        T + 10,
+        false,
+        "a again with a later expires_at",
+    )
+    .await?;
+    first_use(s, &b, T + 3600, T, true, "first use of b after a").await?;
+    first_use(s, &b, T + 3600, T + 1, false, "second use of b").await?;
+    first_use(s, &a, T + 3600, T + 1, false, "a after b was marked").await?;
+    Ok(())
+}
+
+/// A mark holds until its `expires_at` (exclusive), then the key is usable again and
+/// the new mark holds; an already expired `expires_at` marks nothing.
+pub async fn once_expiry<B: Backend + ?Sized>(s: &B, run: &Run) -> CheckResult {
+    let k = run.v("once-exp");
+    first_use(s, &k, T + 60, T, true, "first use").await?;
+    first_use(s, &k, T + 60, T + 59, false, "one second before expires_at").await?;
+    first_use(
+        s,
+        &k,
+        T + 120,
+        T + 60,
+        true,
+        "at expires_at (expired marks are absent)",
+    )
+    .await?;
+    first_use(s, &k, T + 120, T + 61, false, "after being marked again").await?;
+    first_use(
+        s,
+        &k,
+        T + 120,
+        T + 119,
+        false,
+        "just before the new expires_at",
+    )
+    .await?;
+
+    let dead = run.v("once-dead");
+    first_use(s, &dead, T - 5, T, true, "expires_at before now").await?;
+    first_use(s, &dead, T, T, true, "expires_at equal to now").await?;
+    // Had either call written a mark (until T - 5 or T), it would be live at T - 10.
+    first_use(s, &dead, T + 60, T - 10, true, "after two expired requests").await?;
+    first_use(s, &dead, T + 60, T - 9, false, "then marked as usual").await?;
+    Ok(())
+}
+
+/// Of 32 concurrent first uses of one key exactly one wins.
+pub async fn once_concurrent<B: Backend + ?Sized>(s: &B, run: &Run) -> CheckResult {
+    const CALLS: usize = 32;
+    let k = run.v("once-race");
+    let calls = (0..CALLS).map(|_| s.first_use(&k, T + 3600, T));
+    let results = futures_util::future::join_all(calls).await;
+    let mut winners = 0;
+    for r in results {
+        if r.ctx("concurrent first_use")? {
+            winners += 1;
+        }
+    }
+    ensure_eq!(
+        winners,
+        1,
+        "calls answering true among {CALLS} concurrent ones"
+    );
+    first_use(s, &k, T + 3600, T + 1, false, "after the race").await?;
+    Ok(())
+}
+
+/// Keys outside `[0-9a-zA-Z:_-]{1,128}` are refused as `InvalidKey`, however the
+/// times look; the longest valid key works.
+pub async fn once_invalid_keys<B: Backend + ?Sized>(s: &B, run: &Run) -> CheckResult {
+    let base = run.v("once-bad");
+    let long = format!("{base}{}", "x".repeat(MAX_ONCE_KEY_LEN + 1 - base.len()));
+    let cases = [
+        ("empty", String::new()),
+        ("129 bytes", long.clone()),
+        ("space", format!("{base} x")),
+        ("hash tag", format!("{{{base}}}")),
+        ("glob", format!("{base}*")),
+        ("slash", format!("{base}/x")),
+        ("dot (a JWT)", format!("{base}.x.y")),
+        ("newline", format!("{base}\nx")),
+        ("non-ascii", format!("{base}\u{e9}")),
+    ];
+    for (what, key) in &cases {
+        for (expires_at, now) in [(T + 3600, T), (T - 1, T)] {
+            match s.first_use(key, expires_at, now).await {
+                Err(StoreError::InvalidKey(_)) => {}
+                Err(e) => return Err(format!("{what}: expected InvalidKey, got error {e}")),
+                Ok(b) => return Err(format!("{what}: key accepted ({b})")),
+            }
+        }
+    }
+    let max = &long[..MAX_ONCE_KEY_LEN];
+    first_use(s, max, T + 3600, T, true, "a 128-byte key").await?;
+    first_use(s, max, T + 3600, T, false, "a 128-byte key again").await?;
+    Ok(())
+}
+
 /// `purge_expired` removes expired revocations and tokens, counts them, keeps the rest.
 pub async fn purge<B: Backend + ?Sized>(s: &B, run: &Run) -> CheckResult {
     let purge_at = T + 100;
@@ -1077,6 +1213,9 @@ pub async fn purge<B: Backend + ?Sized>(s: &B, run: &Run) -> CheckResult {
         T + 3600,
     );
     record_all(s, &[&gone, &kept]).await?;
+    let (mark_gone, mark_kept) = (run.v("purge-once-gone"), run.v("purge-once-kept"));
+    first_use(s, &mark_gone, T + 50, T, true, "marking what purge drops").await?;
+    first_use(s, &mark_kept, LONG, T, true, "marking what purge keeps").await?;
 
     let n = s.purge_expired(purge_at).await.ctx("purge_expired")?;
     ensure!(
@@ -1123,5 +1262,23 @@ pub async fn purge<B: Backend + ?Sized>(s: &B, run: &Run) -> CheckResult {
     ensure_eq!(jtis(&got), jtis([&kept]), "inventory after purge");
     let got = s.get_issued(&kept.jti).await.ctx("get_issued")?;
     ensure_eq!(got, Some(kept), "live inventory entry after purge");
+    first_use(
+        s,
+        &mark_kept,
+        LONG,
+        purge_at,
+        false,
+        "live mark after purge",
+    )
+    .await?;
+    first_use(
+        s,
+        &mark_gone,
+        LONG,
+        purge_at,
+        true,
+        "expired mark after purge",
+    )
+    .await?;
     Ok(())
 }

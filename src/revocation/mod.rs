@@ -256,9 +256,9 @@ fn check_once_key(key: &str) -> Result<(), StoreError> {
     }
 }
 
-/// A backend implements all three; `app` hands each consumer the narrow trait it needs.
-pub trait Backend: RevocationStore + TokenInventory + AuditTail {}
-impl<T: RevocationStore + TokenInventory + AuditTail> Backend for T {}
+/// A backend implements all four; `app` hands each consumer the narrow trait it needs.
+pub trait Backend: RevocationStore + TokenInventory + AuditTail + ReplayGuard {}
+impl<T: RevocationStore + TokenInventory + AuditTail + ReplayGuard> Backend for T {}
 
 #[cfg(test)]
 mod tests {
