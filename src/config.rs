@@ -130,6 +130,16 @@ pub struct OidcIssuerSection {
     pub jwks_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
     pub leeway: Option<String>,
+    /// Each subject token may be exchanged once (its `jti` is remembered until `exp`).
+    #[serde(default)]
+    pub one_time: bool,
+    /// Minimum gap between two fetches of this issuer's keys (default 30s).
+    pub refetch_cooldown: Option<String>,
+    /// How long keys that cannot be refreshed stay trusted (default 24h).
+    pub max_key_age: Option<String>,
+    /// Allows `http://` issuer and JWKS URLs on a loopback host (tests only).
+    #[serde(default)]
+    pub dangerous_allow_http: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -207,6 +217,8 @@ pub struct Settings {
     pub per_identity_limit: Option<u32>,
     pub audit_file: Option<PathBuf>,
     pub dev_mode: bool,
+    /// `[[oidc_issuer]]` entries, in file order.
+    pub oidc_issuers: Vec<OidcIssuer>,
 }
 
 /// One federated trust domain: its bundle is fetched from `url` (SPIFFE Trust Domain and
@@ -218,6 +230,22 @@ pub struct FederatedDomain {
     /// Roots for the endpoint's certificate instead of the system's web PKI roots.
     pub ca_file: Option<PathBuf>,
     /// `dangerous_allow_http` on a loopback `http://` URL.
+    pub allow_http: bool,
+}
+
+/// A checked `[[oidc_issuer]]`.
+#[derive(Debug, Clone)]
+pub struct OidcIssuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    /// Set, or `None` to discover it from `<issuer>/.well-known/openid-configuration`.
+    pub jwks_uri: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub leeway: u64,
+    pub one_time: bool,
+    pub refetch_cooldown: u64,
+    pub max_key_age: u64,
     pub allow_http: bool,
 }
 
@@ -396,9 +424,103 @@ pub fn parse_rate(s: &str) -> Result<u32, String> {
     Ok(per_sec.max(1))
 }
 
+/// One `[[oidc_issuer]]` (contract §4). `global_leeway` is `[tokens] leeway`.
+fn oidc_issuer(
+    key: &str,
+    o: OidcIssuerSection,
+    global_leeway: u64,
+    own_issuer: &str,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<OidcIssuer, ConfigError> {
+    let k = |name: &str| format!("{key}.{name}");
+    check_fetch_url(
+        &k("issuer"),
+        &o.issuer,
+        o.dangerous_allow_http,
+        "OIDC issuers",
+    )?;
+    if o.issuer.contains('?') {
+        return Err(key_err(
+            &k("issuer"),
+            "an issuer URL has no query (OIDC Discovery §2)",
+        ));
+    }
+    if o.issuer.trim_end_matches('/') == own_issuer.trim_end_matches('/') {
+        return Err(key_err(
+            &k("issuer"),
+            "is Tessera's own issuer; our access tokens are never subject tokens",
+        ));
+    }
+    if o.audiences.is_empty() || o.audiences.iter().any(String::is_empty) {
+        return Err(key_err(
+            &k("audiences"),
+            "list the audiences this issuer's tokens must carry for Tessera, e.g. [\"tessera\"]; an empty list would accept tokens minted for any other service",
+        ));
+    }
+    if o.jwks_file.is_some() {
+        for (set, name) in [
+            (o.jwks_uri.is_some(), "jwks_uri"),
+            (o.ca_file.is_some(), "ca_file"),
+            (o.dangerous_allow_http, "dangerous_allow_http"),
+        ] {
+            if set {
+                return Err(key_err(
+                    &k(name),
+                    "has no effect with jwks_file (static keys are never fetched); remove one of them",
+                ));
+            }
+        }
+    }
+    if let Some(uri) = &o.jwks_uri {
+        check_fetch_url(&k("jwks_uri"), uri, o.dangerous_allow_http, "JWKS URLs")?;
+    }
+    let leeway = match &o.leeway {
+        Some(_) => duration(&k("leeway"), &o.leeway, "30s")?,
+        None => global_leeway,
+    };
+    if leeway > 300 {
+        return Err(key_err(
+            &k("leeway"),
+            "must be at most 5m; clocks that far apart need fixing, not tolerating",
+        ));
+    }
+    let refetch_cooldown = duration(&k("refetch_cooldown"), &o.refetch_cooldown, "30s")?;
+    if !(1..=3600).contains(&refetch_cooldown) {
+        return Err(key_err(&k("refetch_cooldown"), "must be between 1s and 1h"));
+    }
+    let max_key_age = duration(&k("max_key_age"), &o.max_key_age, "24h")?;
+    if !(60..=7 * 86_400).contains(&max_key_age) {
+        return Err(key_err(&k("max_key_age"), "must be between 1m and 7d"));
+    }
+    Ok(OidcIssuer {
+        issuer: o.issuer,
+        audiences: o.audiences,
+        jwks_uri: o.jwks_uri,
+        jwks_file: o.jwks_file.map(resolve),
+        ca_file: o.ca_file.map(resolve),
+        leeway,
+        one_time: o.one_time,
+        refetch_cooldown,
+        max_key_age,
+        allow_http: o.dangerous_allow_http,
+    })
+}
+
 /// A bundle endpoint URL: `https://` (web PKI), or `http://` on a loopback host with
 /// `dangerous_allow_http = true`. No credentials, no fragment.
 fn check_bundle_endpoint(key: &str, raw: &str, allow_http: bool) -> Result<(), ConfigError> {
+    check_fetch_url(
+        key,
+        raw,
+        allow_http,
+        "bundle endpoints (SPIFFE https_web profile)",
+    )
+}
+
+/// An URL Tessera fetches trust material from: `https://`, or `http://` on a loopback
+/// host with `dangerous_allow_http = true`. No credentials, no fragment. `what` names
+/// the kind of URL in the message.
+fn check_fetch_url(key: &str, raw: &str, allow_http: bool, what: &str) -> Result<(), ConfigError> {
     let url = url::Url::parse(raw).map_err(|e| {
         key_err(
             key,
@@ -423,7 +545,9 @@ fn check_bundle_endpoint(key: &str, raw: &str, allow_http: bool) -> Result<(), C
         )),
         "http" => Err(key_err(
             key,
-            "must be https:// (SPIFFE https_web profile); http:// needs a loopback host and dangerous_allow_http = true",
+            format!(
+                "must be https:// for {what}; http:// needs a loopback host and dangerous_allow_http = true"
+            ),
         )),
         other => Err(key_err(
             key,
@@ -651,11 +775,19 @@ impl FileConfig {
             })?;
             trust_domains.push((name, resolve(file)));
         }
-        if !self.oidc_issuer.is_empty() {
-            return Err(key_err(
-                "oidc_issuer",
-                "OIDC issuers are not available in this build yet; remove the [[oidc_issuer]] entries",
-            ));
+        let mut oidc_issuers: Vec<OidcIssuer> = Vec::with_capacity(self.oidc_issuer.len());
+        for (i, o) in self.oidc_issuer.into_iter().enumerate() {
+            let checked = oidc_issuer(&format!("oidc_issuer[{i}]"), o, leeway, &issuer, &resolve)?;
+            if oidc_issuers.iter().any(|x| x.issuer == checked.issuer) {
+                return Err(key_err(
+                    &format!("oidc_issuer[{i}].issuer"),
+                    format!(
+                        "{:?} is configured twice; merge the entries",
+                        checked.issuer
+                    ),
+                ));
+            }
+            oidc_issuers.push(checked);
         }
         let mut introspection_clients = Vec::new();
         for (i, c) in self.introspection.client.into_iter().enumerate() {
@@ -712,6 +844,7 @@ impl FileConfig {
             per_identity_limit,
             audit_file: self.audit.file.map(resolve),
             dev_mode: false,
+            oidc_issuers,
             issuer,
             policy_file,
         })
@@ -757,6 +890,98 @@ path = "store.redb"
         );
         assert_eq!(s.key_dir, PathBuf::from("/etc/tessera/keys"));
         assert_eq!(s.signing_alg, SigningAlg::ES256);
+    }
+
+    #[test]
+    fn oidc_issuers_are_checked() {
+        let entry = |body: &str| format!("{MINIMAL}\n[[oidc_issuer]]\n{body}\n");
+        let s = validate(
+            &entry(
+                "issuer = \"https://token.actions.githubusercontent.com\"\naudiences = [\"tessera\"]\none_time = true",
+            ),
+            &[],
+        )
+        .unwrap();
+        let o = &s.oidc_issuers[0];
+        assert_eq!(o.issuer, "https://token.actions.githubusercontent.com");
+        assert_eq!(
+            (o.leeway, o.refetch_cooldown, o.max_key_age),
+            (30, 30, 86_400)
+        );
+        assert!(o.one_time && o.jwks_uri.is_none() && !o.allow_http);
+        let s = validate(
+            &entry(
+                "issuer = \"https://k8s.example.org\"\naudiences = [\"a\"]\njwks_file = \"sa.jwks\"\nleeway = \"10s\"",
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            s.oidc_issuers[0].jwks_file,
+            Some(PathBuf::from("/etc/tessera/sa.jwks"))
+        );
+        assert_eq!(s.oidc_issuers[0].leeway, 10);
+
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "no audiences",
+                "issuer = \"https://i.example\"",
+                "oidc_issuer[0].audiences",
+            ),
+            (
+                "plain http",
+                "issuer = \"http://i.example\"\naudiences = [\"a\"]",
+                "dangerous_allow_http",
+            ),
+            (
+                "http off loopback even when allowed",
+                "issuer = \"http://i.example\"\naudiences = [\"a\"]\ndangerous_allow_http = true",
+                "loopback",
+            ),
+            (
+                "own issuer",
+                "issuer = \"https://sts.example.org/\"\naudiences = [\"a\"]",
+                "own issuer",
+            ),
+            (
+                "jwks_file with jwks_uri",
+                "issuer = \"https://i.example\"\naudiences = [\"a\"]\njwks_file = \"k\"\njwks_uri = \"https://i.example/k\"",
+                "oidc_issuer[0].jwks_uri",
+            ),
+            (
+                "http jwks_uri",
+                "issuer = \"https://i.example\"\naudiences = [\"a\"]\njwks_uri = \"http://i.example/k\"",
+                "oidc_issuer[0].jwks_uri",
+            ),
+            (
+                "leeway too large",
+                "issuer = \"https://i.example\"\naudiences = [\"a\"]\nleeway = \"10m\"",
+                "oidc_issuer[0].leeway",
+            ),
+            (
+                "cooldown zero",
+                "issuer = \"https://i.example\"\naudiences = [\"a\"]\nrefetch_cooldown = \"0s\"",
+                "oidc_issuer[0].refetch_cooldown",
+            ),
+            (
+                "unknown key",
+                "issuer = \"https://i.example\"\naudiences = [\"a\"]\njwks_url = \"x\"",
+                "unknown field `jwks_url`",
+            ),
+        ];
+        for (name, body, want) in cases {
+            let err = validate(&entry(body), &[]).unwrap_err();
+            assert!(err.contains(want), "{name}: {err}");
+        }
+        let twice = format!(
+            "{}[[oidc_issuer]]\nissuer = \"https://i.example\"\naudiences = [\"b\"]\n",
+            entry("issuer = \"https://i.example\"\naudiences = [\"a\"]")
+        );
+        let err = validate(&twice, &[]).unwrap_err();
+        assert!(
+            err.contains("oidc_issuer[1].issuer") && err.contains("twice"),
+            "{err}"
+        );
     }
 
     #[test]

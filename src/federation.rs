@@ -2,8 +2,7 @@
 //! and Bundle §5, the `https_web` profile: plain HTTPS GET, the server authenticated by
 //! the web PKI or by the trust domain's `ca_file`).
 //!
-//! Owns the HTTP client for bundle endpoints (the one place besides `cli` that names
-//! reqwest; `attest` stays free of HTTP clients) and the refresh loop. Each endpoint is
+//! Owns the bundle endpoints' refresh loop; the HTTP client comes from `outbound`. Each endpoint is
 //! fetched at start; a failed first fetch leaves the trust domain `missing` (`/readyz`
 //! is 503) rather than stopping start-up. Afterwards it is refetched per the bundle's
 //! `spiffe_refresh_hint` (§4.1.2), bounded to [30 s, 1 h], 5 min when absent. A failed
@@ -21,15 +20,13 @@ use crate::attest::{
 use crate::clock::{SharedClock, UnixSeconds};
 use crate::config::FederatedDomain;
 use crate::domain::TrustDomain;
+use crate::outbound;
 use arc_swap::ArcSwapOption;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// Whole-request timeout of one fetch (connect, TLS, headers and body).
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest bundle document accepted from an endpoint.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub use crate::outbound::{FETCH_TIMEOUT, MAX_BODY_BYTES};
 
 /// How the refresh interval follows `spiffe_refresh_hint`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,44 +117,16 @@ impl std::fmt::Debug for FederatedBundles {
 }
 
 fn client_for(d: &FederatedDomain) -> Result<reqwest::Client, FederationError> {
-    let mut b = reqwest::Client::builder()
-        .timeout(FETCH_TIMEOUT)
-        .connect_timeout(FETCH_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::limited(3))
-        .https_only(!d.allow_http)
-        .user_agent(concat!("tessera/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = &d.ca_file {
-        let ca_err = |cause: String| FederationError::CaFile {
+    outbound::https_client(d.ca_file.as_deref(), d.allow_http).map_err(|e| match e {
+        outbound::ClientError::CaFile { path, cause } => FederationError::CaFile {
             trust_domain: d.trust_domain.clone(),
-            path: path.clone(),
+            path,
             cause,
-        };
-        let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|_| ca_err("not a PEM certificate bundle".into()))?;
-        if certs.is_empty() {
-            return Err(ca_err("holds no certificate".into()));
+        },
+        outbound::ClientError::Build(cause) => {
+            FederationError::Client(d.trust_domain.clone(), cause)
         }
-        // A private CA replaces the web PKI roots for this endpoint.
-        b = b.tls_built_in_root_certs(false);
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
-    }
-    b.build()
-        .map_err(|e| FederationError::Client(d.trust_domain.clone(), error_chain(&e)))
-}
-
-/// The error and its sources, so "connection refused" or a TLS cause reaches the log.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    })
 }
 
 impl FederatedBundles {
@@ -269,30 +238,14 @@ async fn refresh_loop(fed: Weak<FederatedBundles>, i: usize, mut delay: Duration
 }
 
 async fn fetch(ep: &Endpoint) -> Result<TrustBundle, FetchError> {
-    let request = |e: reqwest::Error| FetchError::Request(error_chain(&e));
-    let mut resp = ep
-        .client
-        .get(&ep.url)
-        .header(reqwest::header::ACCEPT, "application/json")
-        .send()
+    let body = outbound::get_json(&ep.client, &ep.url)
         .await
-        .map_err(request)?;
-    if !resp.status().is_success() {
-        return Err(FetchError::Status(resp.status().as_u16()));
-    }
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
-    {
-        return Err(FetchError::TooLarge);
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(request)? {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(FetchError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
+        .map_err(|e| match e {
+            outbound::GetError::Request(cause) => FetchError::Request(cause),
+            outbound::GetError::Status(code) => FetchError::Status(code),
+            outbound::GetError::TooLarge => FetchError::TooLarge,
+        })?
+        .body;
     let bundle = parse_spiffe_bundle(&ep.trust_domain, &body)?;
     // The document does not name its trust domain, but X.509 authorities usually carry
     // the trust domain's SPIFFE ID: one naming another trust domain means the endpoint

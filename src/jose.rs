@@ -256,6 +256,27 @@ impl<'a> UnverifiedJws<'a> {
         key.verify(self.alg, self.signing_input.as_bytes(), &self.signature)?;
         Ok(self.unverified_claims)
     }
+
+    /// Verifies with the first of `keys` whose signature checks, for issuers whose
+    /// tokens carry no `kid` (RFC 7515 §4.1.4 makes it optional). Keys that cannot
+    /// take this `alg` are skipped; `AlgKeyMismatch` when none could, else
+    /// `BadSignature` when none verified.
+    pub fn verify_any<'k>(
+        self,
+        keys: impl IntoIterator<Item = &'k VerifyingKey>,
+    ) -> Result<Map<String, Value>, JoseError> {
+        let mut error = JoseError::AlgKeyMismatch {
+            alg: self.alg.as_str(),
+        };
+        for key in keys {
+            match key.verify(self.alg, self.signing_input.as_bytes(), &self.signature) {
+                Ok(()) => return Ok(self.unverified_claims),
+                Err(JoseError::AlgKeyMismatch { .. }) => {}
+                Err(e) => error = e,
+            }
+        }
+        Err(error)
+    }
 }
 
 /// A public key prepared once (at bundle or key load) for fast verification.

@@ -16,6 +16,7 @@ pub mod federation;
 pub mod http;
 pub mod jose;
 pub mod mint;
+pub mod outbound;
 pub mod policy;
 pub mod revocation;
 pub mod service;

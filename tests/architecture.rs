@@ -48,6 +48,7 @@ const OURS: &[&str] = &[
     "http",
     "jose",
     "mint",
+    "outbound",
     "policy",
     "revocation",
     "service",
@@ -72,7 +73,8 @@ fn allowed(module: &str) -> &'static [&'static str] {
             "revocation",
         ],
         "config" => &["domain", "jose", "policy"],
-        "federation" => &["attest", "clock", "config", "domain"],
+        "federation" => &["attest", "clock", "config", "domain", "outbound"],
+        "outbound" => &["attest"],
         "http" => &["service", "clock", "mint", "revocation", "audit", "jose"],
         "workload" => &["attest", "domain"],
         _ => OURS, // app, cli, lib, main wire everything
@@ -86,7 +88,7 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("josekit::", &["jose"]),
     ("redb::", &["revocation/embedded.rs"]),
     ("redis::", &["revocation/redis.rs"]),
-    ("reqwest::", &["cli", "federation.rs"]),
+    ("reqwest::", &["cli", "federation.rs", "outbound.rs"]),
     // TLS: the listeners, and the client-certificate verifier of attest.
     ("rustls::", &["attest/x509.rs", "http", "workload"]),
     // The Workload API client (spiffe crate) and the generated gRPC code.

@@ -129,6 +129,7 @@ pub fn prepare(dir: &Path, public: SocketAddr, admin: SocketAddr) -> Result<Sett
         per_identity_limit: None,
         audit_file: None,
         dev_mode: true,
+        oidc_issuers: Vec::new(),
     })
 }
 

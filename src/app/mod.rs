@@ -4,6 +4,7 @@
 
 pub mod dev;
 
+use crate::attest::oidc::{KeySource, OidcIssuerConfig, OidcVerifier};
 use crate::attest::x509::SpiffeClientCertVerifier;
 use crate::attest::{
     CombinedBundles, FileBundles, LiveBundleSource, ManagedBundleSource, TrustBundles,
@@ -16,10 +17,13 @@ use crate::domain::TrustDomain;
 use crate::http::{self, server};
 use crate::mint::Minter;
 use crate::mint::keys::KeyRing;
+use crate::outbound::OidcHttpFetcher;
 use crate::policy::CompiledPolicy;
 use crate::revocation::embedded::EmbeddedStore;
 use crate::revocation::redis::{RedisConfig, RedisStore};
-use crate::revocation::{AuditTail, Backend, RevocationStore, StoreError, TokenInventory};
+use crate::revocation::{
+    AuditTail, Backend, ReplayGuard, RevocationStore, StoreError, TokenInventory,
+};
 use crate::service::{Service, ServiceParts};
 use crate::workload::WorkloadApiSource;
 use std::collections::HashMap;
@@ -100,7 +104,8 @@ pub async fn build_service(
         KeyRing::open(&settings.key_dir, settings.signing_alg, retain, now)
             .map_err(|e| AppError::Keys(e.to_string()))?,
     );
-    let (revocations, inventory, audit_tail) = match &settings.redis {
+    let oidc = build_oidc(&settings, &clock)?;
+    let (revocations, inventory, audit_tail, replay) = match &settings.redis {
         Some(r) => split(Arc::new(connect_redis(r).await?)),
         None => split(Arc::new(
             EmbeddedStore::open(&settings.store_path)
@@ -127,7 +132,9 @@ pub async fn build_service(
         revocations,
         inventory,
         audit_tail,
+        replay,
         audit_sink,
+        oidc,
         policy,
         admin_token_sha256,
         server_cert,
@@ -139,11 +146,50 @@ type StoreParts = (
     Arc<dyn RevocationStore>,
     Arc<dyn TokenInventory>,
     Arc<dyn AuditTail>,
+    Arc<dyn ReplayGuard>,
 );
 
 /// One backend, handed to each consumer as the narrow trait it needs.
 fn split<B: Backend>(store: Arc<B>) -> StoreParts {
-    (store.clone(), store.clone(), store)
+    (store.clone(), store.clone(), store.clone(), store)
+}
+
+/// The `[[oidc_issuer]]` verifier: `jwks_file` keys are read now (a bad file stops
+/// start-up), remote issuers get an HTTPS fetcher and are fetched once in the
+/// background so the first exchange need not wait.
+fn build_oidc(settings: &Settings, clock: &SharedClock) -> Result<Arc<OidcVerifier>, AppError> {
+    let mut issuers = Vec::with_capacity(settings.oidc_issuers.len());
+    for o in &settings.oidc_issuers {
+        let source = match &o.jwks_file {
+            Some(path) => KeySource::File(path.clone()),
+            None => KeySource::Remote(Arc::new(
+                OidcHttpFetcher::new(
+                    &o.issuer,
+                    o.jwks_uri.as_deref(),
+                    o.ca_file.as_deref(),
+                    o.allow_http,
+                )
+                .map_err(|e| AppError::Config(format!("oidc_issuer {}: {e}", o.issuer)))?,
+            )),
+        };
+        let config = OidcIssuerConfig {
+            issuer: o.issuer.clone(),
+            audiences: o.audiences.clone(),
+            leeway_secs: o.leeway,
+            one_time: o.one_time,
+            refetch_cooldown_secs: o.refetch_cooldown,
+            max_key_age_secs: o.max_key_age,
+        };
+        issuers.push((config, source));
+    }
+    let oidc = Arc::new(
+        OidcVerifier::new(issuers, clock.now()).map_err(|e| AppError::Config(e.to_string()))?,
+    );
+    if !oidc.is_empty() {
+        let (oidc, clock) = (oidc.clone(), clock.clone());
+        tokio::spawn(async move { oidc.prefetch(clock.now()).await });
+    }
+    Ok(oidc)
 }
 
 /// How long start-up keeps trying to reach Redis before giving up.

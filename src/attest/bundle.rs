@@ -292,7 +292,7 @@ fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
 
 /// The top-level object of a JWK Set and its `keys` array (`keys` MUST be present, it
 /// may be empty: §4.1.3).
-fn parse_jwk_set(json: &[u8]) -> Result<(Map<String, Value>, Vec<Value>), BundleError> {
+pub(super) fn parse_jwk_set(json: &[u8]) -> Result<(Map<String, Value>, Vec<Value>), BundleError> {
     if json.len() > MAX_BUNDLE_BYTES {
         return Err(BundleError::TooLarge);
     }

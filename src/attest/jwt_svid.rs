@@ -55,6 +55,11 @@ impl JwtSvidVerifier {
         }
     }
 
+    /// The configured audiences (`[tokens] accept_audiences`).
+    pub fn accept_audiences(&self) -> &[String] {
+        &self.accept_audiences
+    }
+
     /// Verifies a JWT-SVID presented at `now` against the configured audiences.
     pub fn verify(
         &self,
@@ -72,10 +77,18 @@ impl JwtSvidVerifier {
         audiences: &[String],
         now: UnixSeconds,
     ) -> Result<VerifiedIdentity, AttestError> {
-        let jws = UnverifiedJws::parse(unverified_token).map_err(|e| match e {
-            JoseError::AlgNotAllowed(a) => AttestError::AlgNotAllowed(a),
-            other => AttestError::Malformed(other),
-        })?;
+        let jws = parse_jws(unverified_token)?;
+        self.verify_parsed(jws, audiences, now)
+    }
+
+    /// As `verify_with_audiences`, for a token the caller already parsed (the subject
+    /// token dispatch reads `iss` first, see `attest::verify_subject_token`).
+    pub fn verify_parsed(
+        &self,
+        jws: UnverifiedJws<'_>,
+        audiences: &[String],
+        now: UnixSeconds,
+    ) -> Result<VerifiedIdentity, AttestError> {
         if !alg_allowed(jws.alg) {
             return Err(AttestError::AlgNotAllowed(jws.alg.as_str().to_owned()));
         }
@@ -114,7 +127,7 @@ impl JwtSvidVerifier {
             JoseError::AlgKeyMismatch { .. } => AttestError::AlgKeyMismatch,
             other => AttestError::Malformed(other),
         })?;
-        let expires_at = self.check_times(&claims, now)?;
+        let expires_at = check_times(&claims, now, self.leeway)?;
         check_audience(&claims, audiences)?;
         Ok(VerifiedIdentity::new(
             VerifierProof::new(),
@@ -124,29 +137,38 @@ impl JwtSvidVerifier {
             None,
         ))
     }
+}
 
-    /// RFC 7519 §4.1.4–4.1.6 with leeway: expired when `now >= exp + leeway`; `nbf` and
-    /// `iat` may be at most `leeway` in the future (contract §2). Returns `exp`.
-    fn check_times(
-        &self,
-        claims: &Map<String, Value>,
-        now: UnixSeconds,
-    ) -> Result<UnixSeconds, AttestError> {
-        // JWT-SVID §3.3/§4: exp is REQUIRED. Fractional NumericDates are rounded towards the
-        // stricter side: exp down, nbf/iat up.
-        let exp = numeric_date(claims, "exp", f64::floor)?.ok_or(AttestError::MissingExp)?;
-        if now >= exp.saturating_add(self.leeway) {
-            return Err(AttestError::Expired);
-        }
-        let horizon = now.saturating_add(self.leeway);
-        if numeric_date(claims, "nbf", f64::ceil)?.is_some_and(|nbf| nbf > horizon) {
-            return Err(AttestError::NotYetValid);
-        }
-        if numeric_date(claims, "iat", f64::ceil)?.is_some_and(|iat| iat > horizon) {
-            return Err(AttestError::IssuedInFuture);
-        }
-        Ok(exp)
+/// Parses a compact JWS, keeping the algorithm refusal distinct from malformation.
+pub(crate) fn parse_jws(unverified_token: &str) -> Result<UnverifiedJws<'_>, AttestError> {
+    UnverifiedJws::parse(unverified_token).map_err(|e| match e {
+        JoseError::AlgNotAllowed(a) => AttestError::AlgNotAllowed(a),
+        other => AttestError::Malformed(other),
+    })
+}
+
+/// RFC 7519 §4.1.4–4.1.6 with leeway: expired when `now >= exp + leeway`; `nbf` and
+/// `iat` may be at most `leeway` in the future (contract §2). Returns `exp`.
+/// Shared by JWT-SVIDs and OIDC tokens.
+pub(super) fn check_times(
+    claims: &Map<String, Value>,
+    now: UnixSeconds,
+    leeway: i64,
+) -> Result<UnixSeconds, AttestError> {
+    // JWT-SVID §3.3/§4 and OIDC Core §2: exp is REQUIRED. Fractional NumericDates are
+    // rounded towards the stricter side: exp down, nbf/iat up.
+    let exp = numeric_date(claims, "exp", f64::floor)?.ok_or(AttestError::MissingExp)?;
+    if now >= exp.saturating_add(leeway) {
+        return Err(AttestError::Expired);
     }
+    let horizon = now.saturating_add(leeway);
+    if numeric_date(claims, "nbf", f64::ceil)?.is_some_and(|nbf| nbf > horizon) {
+        return Err(AttestError::NotYetValid);
+    }
+    if numeric_date(claims, "iat", f64::ceil)?.is_some_and(|iat| iat > horizon) {
+        return Err(AttestError::IssuedInFuture);
+    }
+    Ok(exp)
 }
 
 fn numeric_date(
@@ -173,7 +195,10 @@ fn numeric_date(
 
 /// JWT-SVID §3.2: aud is REQUIRED (a string or an array of strings) and the validator
 /// MUST reject a token that does not name it.
-fn check_audience(claims: &Map<String, Value>, accepted: &[String]) -> Result<(), AttestError> {
+pub(super) fn check_audience(
+    claims: &Map<String, Value>,
+    accepted: &[String],
+) -> Result<(), AttestError> {
     let hit = |a: &str| accepted.iter().any(|x| x == a);
     match claims.get("aud") {
         None => Err(AttestError::MissingAud),

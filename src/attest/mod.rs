@@ -9,6 +9,7 @@
 pub mod bundle;
 pub mod combined;
 pub mod jwt_svid;
+pub mod oidc;
 pub mod x509;
 
 pub use bundle::{
@@ -16,6 +17,7 @@ pub use bundle::{
 };
 pub use combined::{CombinedBundles, ManagedBundleSource, RefreshHealth};
 pub use jwt_svid::JwtSvidVerifier;
+pub use oidc::{OidcVerifier, OneTimeUse, SubjectToken};
 pub use x509::{SpiffeClientCertVerifier, X509SvidVerifier, check_svid_structure};
 
 use crate::domain::{SpiffeIdError, TrustDomain};
@@ -77,6 +79,14 @@ pub enum AttestError {
     CertExpired,
     #[error("certificate is not yet valid")]
     CertNotYetValid,
+    /// `iss` is not a configured OIDC issuer and `sub` is not a SPIFFE ID.
+    #[error("token issuer is not trusted")]
+    UntrustedIssuer,
+    /// The issuer's keys could not be fetched and no cached keys are young enough.
+    #[error("the issuer's signing keys are unavailable")]
+    IssuerKeysUnavailable,
+    #[error("no key with the token's kid in the issuer's JWKS")]
+    UnknownIssuerKid,
 }
 
 impl AttestError {
@@ -106,7 +116,38 @@ impl AttestError {
             Self::UntrustedChain(_) => "untrusted_chain",
             Self::CertExpired => "cert_expired",
             Self::CertNotYetValid => "cert_not_yet_valid",
+            Self::UntrustedIssuer => "untrusted_issuer",
+            Self::IssuerKeysUnavailable => "issuer_keys_unavailable",
+            Self::UnknownIssuerKid => "unknown_kid",
         }
+    }
+}
+
+/// Verifies a subject (or actor) token of `/token` (contract §2): a JWT whose `iss` is
+/// a configured OIDC issuer is an OIDC token, checked first; anything else must be a
+/// JWT-SVID, verified with its own trust domain's bundle. The token is parsed once.
+pub async fn verify_subject_token(
+    svids: &JwtSvidVerifier,
+    oidc: &OidcVerifier,
+    unverified_token: &str,
+    now: crate::clock::UnixSeconds,
+) -> Result<SubjectToken, AttestError> {
+    let jws = jwt_svid::parse_jws(unverified_token)?;
+    let iss = oidc::unverified_issuer(&jws.unverified_claims);
+    if iss.is_some_and(|i| oidc.is_configured(i)) {
+        return oidc.verify(jws, unverified_token, now).await;
+    }
+    let foreign_issuer = iss.is_some();
+    match svids.verify_parsed(jws, svids.accept_audiences(), now) {
+        Ok(identity) => Ok(SubjectToken {
+            identity,
+            one_time: None,
+        }),
+        // An OIDC token of an issuer we do not trust: say that, not "not a SPIFFE ID".
+        Err(AttestError::NotASpiffeId(_) | AttestError::InvalidClaim("sub")) if foreign_issuer => {
+            Err(AttestError::UntrustedIssuer)
+        }
+        Err(e) => Err(e),
     }
 }
 

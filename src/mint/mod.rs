@@ -70,6 +70,9 @@ pub struct MintRequest<'a> {
     pub ttl: u64,
     pub actor: Option<&'a SpiffeId>,
     pub now: UnixSeconds,
+    /// The policy rule's mapped subject (`grant.subject`, OIDC only); `None` means the
+    /// identity's own subject (contract §2 `sub`).
+    pub subject: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,7 +112,9 @@ impl Minter {
     pub fn mint(&self, req: &MintRequest<'_>) -> Result<Minted, MintError> {
         let jti =
             jose::b64url(&jose::random_bytes::<16>().map_err(|e| MintError::Sign(e.to_string()))?);
-        let sub = req.identity.subject();
+        let sub = req
+            .subject
+            .map_or_else(|| req.identity.subject(), str::to_owned);
         let scope = (!req.scopes.is_empty()).then(|| req.scopes.joined());
         let claims = AccessClaims {
             iss: self.issuer.clone(),

@@ -362,6 +362,9 @@ impl Service {
         for (td, err) in &report.failed {
             tracing::warn!(trust_domain = %td, error = %err, "trust bundle reload failed; keeping the last good bundle");
         }
+        for err in self.oidc.reload_files(self.now()) {
+            tracing::warn!(error = %err, "OIDC jwks_file reload failed; keeping the last good keys");
+        }
         let rules = policy.rule_count();
         self.reloadable
             .store(std::sync::Arc::new(super::Reloadable {

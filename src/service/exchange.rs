@@ -3,6 +3,7 @@
 //! inventory → audit.
 
 use super::{CallerCredentials, Params, RequestContext, Service, ServiceError};
+use crate::attest::{OneTimeUse, verify_subject_token};
 use crate::audit::AuditEvent;
 use crate::domain::{Audience, ScopeSet, SpiffeId, VerifiedIdentity};
 use crate::mint::MintRequest;
@@ -110,6 +111,19 @@ fn parse_request<'a>(p: &'a Params) -> Result<ParsedRequest<'a>, ServiceError> {
 }
 
 impl Service {
+    /// Quarantine (`block_new`). If the store is down, issuance continues (contract §6).
+    async fn check_quarantine(&self, subject: &str, now: i64) -> Result<(), ServiceError> {
+        match self.revocations.blocked_until(subject, now).await {
+            Ok(Some(_)) => Err(ServiceError::InvalidGrant("subject is quarantined".into())),
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "quarantine check skipped: store unavailable");
+                Ok(())
+            }
+        }
+    }
+
     pub async fn exchange(
         &self,
         ctx: &RequestContext,
@@ -133,25 +147,30 @@ impl Service {
         let now = self.now();
         let req = parse_request(params)?;
         ev.audience = Some(req.audience.to_string());
-        let identity: VerifiedIdentity = match req.unverified_subject_token {
-            Some(token) => self.jwt_svids.verify(token, now)?,
-            None => {
-                // client_credentials: the client authentication is the identity — a
-                // JWT-SVID assertion, else the X.509-SVID of the TLS connection (RFC 8705
-                // tls_client_auth; the token is then certificate-bound).
-                match self
-                    .assertion_identity(creds)
-                    .or_else(|| self.peer_identity(creds))
-                {
-                    Some(identity) => identity?,
-                    None => {
-                        return Err(ServiceError::InvalidClient(
-                            "client_credentials needs a client credential".into(),
-                        ));
+        let (identity, one_time): (VerifiedIdentity, Option<OneTimeUse>) =
+            match req.unverified_subject_token {
+                Some(token) => {
+                    let verified =
+                        verify_subject_token(&self.jwt_svids, &self.oidc, token, now).await?;
+                    (verified.identity, verified.one_time)
+                }
+                None => {
+                    // client_credentials: the client authentication is the identity — a
+                    // JWT-SVID assertion, else the X.509-SVID of the TLS connection (RFC 8705
+                    // tls_client_auth; the token is then certificate-bound).
+                    match self
+                        .assertion_identity(creds)
+                        .or_else(|| self.peer_identity(creds))
+                    {
+                        Some(identity) => (identity?, None),
+                        None => {
+                            return Err(ServiceError::InvalidClient(
+                                "client_credentials needs a client credential".into(),
+                            ));
+                        }
                     }
                 }
-            }
-        };
+            };
         let subject = identity.subject();
         ev.subject = Some(subject.clone());
         ev.issuer_kind = Some(identity.kind().as_str());
@@ -170,16 +189,6 @@ impl Service {
         {
             return Err(ServiceError::SlowDown { retry_after });
         }
-        // Quarantine (`block_new`). If the store is down, issuance continues (contract §6).
-        match self.revocations.blocked_until(&subject, now).await {
-            Ok(Some(_)) => return Err(ServiceError::InvalidGrant("subject is quarantined".into())),
-            Ok(None) => {}
-            Err(e) => {
-                self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "quarantine check skipped: store unavailable");
-            }
-        }
-
         let policy = self.policy();
         let access = AccessRequest {
             audience: &req.audience,
@@ -204,6 +213,14 @@ impl Service {
             }
         };
         ev.rule = Some(grant.rule_id.clone());
+        // The issued token's subject: the rule's mapping (OIDC `grant.subject`) or the
+        // identity's own. Quarantine applies to both names of the caller.
+        let token_subject = grant.subject.as_deref().unwrap_or(&subject);
+        if token_subject != subject {
+            ev.subject = Some(token_subject.to_owned());
+            self.check_quarantine(&subject, now).await?;
+        }
+        self.check_quarantine(token_subject, now).await?;
 
         // Lifetime = min(rule or default, global max, remaining life of every credential).
         let s = &self.settings;
@@ -217,6 +234,25 @@ impl Service {
                 "subject token has expired".into(),
             ));
         }
+        // One-time subject tokens (`one_time` issuers) are spent only once everything else
+        // allowed the exchange, so a refused request does not burn the caller's token.
+        if let Some(once) = &one_time {
+            match self.replay.first_use(&once.key, once.until, now).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    ev.reason = Some("replayed".to_owned());
+                    return Err(ServiceError::InvalidGrant(
+                        "this subject token was already exchanged".into(),
+                    ));
+                }
+                Err(e) => {
+                    // Fail closed: without the store we cannot tell a replay from a first use.
+                    self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "one-time token check failed: store unavailable");
+                    return Err(ServiceError::TemporarilyUnavailable);
+                }
+            }
+        }
         let minted = self
             .minter
             .mint(&MintRequest {
@@ -226,6 +262,7 @@ impl Service {
                 ttl: ttl as u64,
                 actor: grant.actor.as_ref(),
                 now,
+                subject: grant.subject.as_deref(),
             })
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let c = &minted.claims;

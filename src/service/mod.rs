@@ -10,7 +10,7 @@ mod limiter;
 use crate::attest::jwt_svid::JwtSvidVerifier;
 use crate::attest::x509::ServerCertResolver;
 use crate::attest::x509::X509SvidVerifier;
-use crate::attest::{AttestError, CombinedBundles, TrustBundles};
+use crate::attest::{AttestError, CombinedBundles, OidcVerifier, TrustBundles};
 use crate::audit::{AuditEvent, AuditSink, Outcome};
 use crate::clock::{SharedClock, UnixSeconds};
 use crate::config::{Settings, StaticClient};
@@ -18,7 +18,9 @@ use crate::domain::{SpiffeId, VerifiedIdentity};
 use crate::jose;
 use crate::mint::Minter;
 use crate::policy::{CompiledPolicy, SpiffePattern};
-use crate::revocation::{AuditTail, RevocationStore, StoredAuditEvent, TokenInventory};
+use crate::revocation::{
+    AuditTail, ReplayGuard, RevocationStore, StoredAuditEvent, TokenInventory,
+};
 use arc_swap::ArcSwap;
 use rustls_pki_types::CertificateDer;
 use std::collections::BTreeMap;
@@ -187,6 +189,7 @@ pub struct Service {
     pub(crate) settings: Settings,
     pub(crate) clock: SharedClock,
     pub(crate) jwt_svids: JwtSvidVerifier,
+    pub(crate) oidc: Arc<OidcVerifier>,
     pub(crate) x509_svids: X509SvidVerifier,
     /// Bundle files (reloaded on SIGHUP / admin reload) and Workload API domains.
     pub(crate) bundles: Arc<TrustBundles>,
@@ -197,6 +200,7 @@ pub struct Service {
     pub(crate) revocations: Arc<dyn RevocationStore>,
     pub(crate) inventory: Arc<dyn TokenInventory>,
     pub(crate) audit_tail: Arc<dyn AuditTail>,
+    pub(crate) replay: Arc<dyn ReplayGuard>,
     pub(crate) reloadable: ArcSwap<Reloadable>,
     pub(crate) audit_sink: Arc<dyn AuditSink>,
     audit_tx: mpsc::Sender<StoredAuditEvent>,
@@ -216,7 +220,10 @@ pub struct ServiceParts {
     pub revocations: Arc<dyn RevocationStore>,
     pub inventory: Arc<dyn TokenInventory>,
     pub audit_tail: Arc<dyn AuditTail>,
+    pub replay: Arc<dyn ReplayGuard>,
     pub audit_sink: Arc<dyn AuditSink>,
+    /// `[[oidc_issuer]]` verification and key caches.
+    pub oidc: Arc<OidcVerifier>,
     pub policy: CompiledPolicy,
     pub admin_token_sha256: Option<String>,
     /// The listeners' certificate from the Workload API (`[spiffe] workload_api`).
@@ -239,6 +246,8 @@ impl Service {
         let x509_svids = X509SvidVerifier::new(p.trust.clone());
         let svc = Arc::new(Self {
             jwt_svids,
+            oidc: p.oidc,
+            replay: p.replay,
             x509_svids,
             bundles: p.bundles,
             trust: p.trust,
@@ -491,6 +500,41 @@ impl Service {
                         "tessera_bundle_age_seconds{{trust_domain=\"{}\"}} {}\n",
                         h.trust_domain,
                         (now - at).max(0)
+                    ));
+                }
+            }
+        }
+        let oidc = self.oidc.stats(self.now());
+        if !oidc.is_empty() {
+            // Prometheus text format: label values escape backslash, quote and newline.
+            let label = |v: &str| {
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n")
+            };
+            out.push_str("# HELP tessera_oidc_jwks_fetches_total Fetches of an OIDC issuer's keys (discovery and JWKS).\n# TYPE tessera_oidc_jwks_fetches_total counter\n");
+            for st in &oidc {
+                out.push_str(&format!(
+                    "tessera_oidc_jwks_fetches_total{{issuer=\"{}\"}} {}\n",
+                    label(&st.issuer),
+                    st.fetches
+                ));
+            }
+            out.push_str("# HELP tessera_oidc_jwks_fetch_failures_total Failed fetches of an OIDC issuer's keys.\n# TYPE tessera_oidc_jwks_fetch_failures_total counter\n");
+            for st in &oidc {
+                out.push_str(&format!(
+                    "tessera_oidc_jwks_fetch_failures_total{{issuer=\"{}\"}} {}\n",
+                    label(&st.issuer),
+                    st.failures
+                ));
+            }
+            out.push_str("# HELP tessera_oidc_key_age_seconds Seconds since the OIDC issuer's keys in use were fetched.\n# TYPE tessera_oidc_key_age_seconds gauge\n");
+            for st in &oidc {
+                if let Some(age) = st.key_age {
+                    out.push_str(&format!(
+                        "tessera_oidc_key_age_seconds{{issuer=\"{}\"}} {}\n",
+                        label(&st.issuer),
+                        age.max(0)
                     ));
                 }
             }
