@@ -43,6 +43,10 @@ impl ClaimPath {
         })
     }
 
+    pub(crate) fn as_str(&self) -> &str {
+        &self.path
+    }
+
     pub(crate) fn resolve<'c>(&self, claims: &'c Map<String, Value>) -> Option<&'c Value> {
         let mut object = claims;
         let mut i = 0;
@@ -82,6 +86,16 @@ impl ClaimMatcher {
         self.path
             .resolve(claims)
             .is_some_and(|v| self.value_matches(v, true))
+    }
+
+    /// The dotted path as written (lint).
+    pub(crate) fn path(&self) -> &str {
+        self.path.as_str()
+    }
+
+    /// The pattern (lint).
+    pub(crate) fn glob(&self) -> &Glob {
+        &self.glob
     }
 
     fn value_matches(&self, value: &Value, top: bool) -> bool {

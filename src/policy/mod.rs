@@ -14,14 +14,18 @@ mod claims;
 mod compile;
 mod error;
 mod glob;
+mod lint;
 mod spiffe_pattern;
 mod subject;
 
+#[cfg(test)]
+mod lint_tests;
 #[cfg(test)]
 mod tests;
 
 pub use compile::{HARD_MAX_TTL_SECS, MAX_RULE_ID_LEN};
 pub use error::PolicyError;
+pub use lint::{LintWarning, log_lint_warnings};
 pub use spiffe_pattern::SpiffePattern;
 pub use subject::{MAX_SUBJECT_LEN, MAX_TEMPLATE_LEN, is_valid_mapped_subject};
 

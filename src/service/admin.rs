@@ -354,6 +354,7 @@ impl Service {
     pub fn reload(&self) -> Result<ReloadOutcome, String> {
         let policy = CompiledPolicy::load(&self.settings.policy_file)
             .map_err(|e| format!("policy rejected: {e}"))?;
+        crate::policy::log_lint_warnings(&policy, self.settings.max_ttl);
         let admin_token_sha256 = match &self.settings.admin_token_hash_file {
             Some(p) => Some(read_token_hash(p)?),
             None => None,
