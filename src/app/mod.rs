@@ -63,6 +63,7 @@ pub async fn build_service(
     let now = clock.now();
     let policy =
         CompiledPolicy::load(&settings.policy_file).map_err(|e| AppError::Policy(e.to_string()))?;
+    crate::policy::log_lint_warnings(&policy, settings.max_ttl);
     let files = FileBundles::load(settings.trust_domains.clone())
         .map_err(|e| AppError::Bundles(e.to_string()))?;
     // One Workload API client per distinct agent endpoint, shared by its trust domains

@@ -5,7 +5,7 @@ mod client;
 
 use crate::app::{self, dev};
 use crate::clock::{Clock as _, SystemClock};
-use crate::domain::{Audience, ScopeSet, SpiffeId, parse_duration};
+use crate::domain::{Audience, Principal, ScopeSet, SpiffeId, parse_duration};
 use crate::policy::{AccessRequest, CompiledPolicy, Decision, check_report};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -67,19 +67,46 @@ pub struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Print the decision for an identity and audience, and the rule that made it.
-    Check {
-        #[arg(long)]
-        policy: PathBuf,
-        #[arg(long)]
-        identity: String,
-        #[arg(long)]
-        audience: String,
-        #[arg(long, default_value = "")]
-        scope: String,
-        #[arg(long)]
-        actor: Option<String>,
-    },
+    /// Print the decision for an identity and audience, and the rule that made it; with
+    /// --lint, also (or only) the policy's warnings.
+    Check(PolicyCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyCheckArgs {
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// A SPIFFE ID to check.
+    #[arg(
+        long,
+        conflicts_with = "claims_file",
+        required_unless_present_any = ["lint", "claims_file"],
+        requires = "audience"
+    )]
+    pub identity: Option<String>,
+    /// An OIDC token's claims as a JSON object, to check OIDC rules offline; the issuer
+    /// is its `iss`, the subject its `sub`.
+    #[arg(long, requires = "audience")]
+    pub claims_file: Option<PathBuf>,
+    #[arg(long, required_unless_present = "lint")]
+    pub audience: Option<String>,
+    #[arg(long, default_value = "")]
+    pub scope: String,
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Print the policy's warnings (unpinned tenants, trust-domain-wide patterns, TTLs
+    /// above the global maximum), then their count.
+    #[arg(long)]
+    pub lint: bool,
+    /// With --lint: exit 1 when there is any warning.
+    #[arg(long, requires = "lint")]
+    pub strict: bool,
+    /// The server's tokens.max_ttl, for the TTL warning.
+    #[arg(long, default_value = "15m", conflicts_with = "config")]
+    pub max_ttl: String,
+    /// Read tokens.max_ttl from this Tessera configuration file instead of --max-ttl.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -229,13 +256,7 @@ pub enum DevCommand {
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Policy(PolicyCommand::Check {
-            policy,
-            identity,
-            audience,
-            scope,
-            actor,
-        }) => policy_check(&policy, &identity, &audience, &scope, actor.as_deref()),
+        Command::Policy(PolicyCommand::Check(args)) => policy_check(&args),
         Command::Token(TokenCommand::Exchange {
             subject_token_file,
             audience,
@@ -277,32 +298,101 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn policy_check(
-    policy: &std::path::Path,
-    identity: &str,
-    audience: &str,
-    scope: &str,
-    actor: Option<&str>,
-) -> Result<ExitCode> {
-    let compiled = CompiledPolicy::load(policy)?;
-    let id = SpiffeId::parse(identity)
-        .with_context(|| format!("--identity {identity:?} is not a SPIFFE ID"))?;
-    let audience = Audience::parse(audience).context("--audience")?;
-    let scopes = ScopeSet::parse(scope).context("--scope")?;
-    let actor = actor
-        .map(|a| SpiffeId::parse(a).with_context(|| format!("--actor {a:?} is not a SPIFFE ID")))
-        .transpose()?;
-    let principal = crate::domain::Principal::Spiffe(id);
-    let request = AccessRequest {
-        audience: &audience,
-        scopes: &scopes,
-        actor: actor.as_ref(),
+fn policy_check(args: &PolicyCheckArgs) -> Result<ExitCode> {
+    let compiled = CompiledPolicy::load(&args.policy)?;
+    let mut code = ExitCode::SUCCESS;
+    let principal = match (&args.identity, &args.claims_file) {
+        (Some(identity), _) => Some(Principal::Spiffe(
+            SpiffeId::parse(identity)
+                .with_context(|| format!("--identity {identity:?} is not a SPIFFE ID"))?,
+        )),
+        (None, Some(path)) => Some(oidc_principal(path)?),
+        (None, None) => None,
     };
-    let decision = compiled.decide(&principal, &request);
-    println!("{}", check_report(&principal, &request, &decision));
-    Ok(match decision {
-        Decision::Grant(_) => ExitCode::SUCCESS,
-        Decision::Deny(_) => ExitCode::from(1),
+    match (principal, &args.audience) {
+        (Some(principal), Some(audience)) => {
+            let audience = Audience::parse(audience).context("--audience")?;
+            let scopes = ScopeSet::parse(&args.scope).context("--scope")?;
+            let actor = args
+                .actor
+                .as_deref()
+                .map(|a| {
+                    SpiffeId::parse(a).with_context(|| format!("--actor {a:?} is not a SPIFFE ID"))
+                })
+                .transpose()?;
+            let request = AccessRequest {
+                audience: &audience,
+                scopes: &scopes,
+                actor: actor.as_ref(),
+            };
+            let decision = compiled.decide(&principal, &request);
+            println!("{}", check_report(&principal, &request, &decision));
+            if let Decision::Deny(_) = decision {
+                code = ExitCode::from(1);
+            }
+        }
+        (None, Some(_)) => {
+            bail!("--audience needs an identity to check; give --identity or --claims-file")
+        }
+        (_, None) => {}
+    }
+    if args.lint {
+        let warnings = compiled.lint(lint_max_ttl(args)?);
+        for w in &warnings {
+            println!("{w}");
+        }
+        let n = warnings.len();
+        println!("{n} warning{}", if n == 1 { "" } else { "s" });
+        if args.strict && n > 0 {
+            code = ExitCode::from(1);
+        }
+    }
+    Ok(code)
+}
+
+/// The global maximum TTL the lint compares rules with: `tokens.max_ttl` of `--config`
+/// (through the server's own loader and environment overlay, so the value is the one
+/// `serve` would use), else `--max-ttl`.
+fn lint_max_ttl(args: &PolicyCheckArgs) -> Result<u64> {
+    if let Some(path) = &args.config {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        return Ok(crate::config::load(path, &env)?.max_ttl);
+    }
+    match parse_duration(&args.max_ttl) {
+        Ok(0) => bail!("--max-ttl must be above zero, like \"15m\""),
+        Ok(secs) => Ok(secs),
+        Err(e) => bail!("--max-ttl: {e}"),
+    }
+}
+
+/// Longest claims file read, like the largest token the server accepts would decode to.
+const MAX_CLAIMS_FILE: u64 = 64 * 1024;
+
+/// An OIDC principal from a JSON claims file, as the verifier would build it from a
+/// token it accepted (`iss`, `sub`, every claim).
+fn oidc_principal(path: &std::path::Path) -> Result<Principal> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).with_context(|| format!("--claims-file {shown}"))?;
+    if meta.len() > MAX_CLAIMS_FILE {
+        bail!("--claims-file {shown}: larger than 64 KiB; give the decoded claims of one token");
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("--claims-file {shown}"))?;
+    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| {
+            format!("--claims-file {shown}: expected a JSON object of token claims, like {{\"iss\": \"https://…\", \"sub\": \"…\"}}")
+        })?;
+    let string = |name: &str| match claims.get(name) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(anyhow::anyhow!(
+            "--claims-file {shown}: no {name:?} string; add the token's {name} claim"
+        )),
+    };
+    let issuer = string("iss")?;
+    let subject = string("sub")?;
+    Ok(Principal::Oidc {
+        issuer,
+        subject,
+        claims,
     })
 }
 

@@ -11,21 +11,23 @@
 
 use super::glob::Glob;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
+/// A dotted claim path, split once. The one resolver for `match.claims` and the
+/// placeholders of `grant.subject`, so both name the same claim for the same path.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ClaimMatcher {
+pub(crate) struct ClaimPath {
     path: String,
     /// Byte ranges of the dot-separated segments of `path`; any run of consecutive
     /// segments is a substring of `path`, so lookups never build a key.
     segments: Vec<(usize, usize)>,
-    glob: Glob,
 }
 
-impl ClaimMatcher {
-    /// `path` must be non-empty with no empty segment (checked by the compiler, which
-    /// knows the rule id for the message).
-    pub(crate) fn new(path: &str, pattern: &str) -> Result<Self, &'static str> {
+impl ClaimPath {
+    /// `path` must be non-empty with no empty segment (the caller knows the rule id and
+    /// field for the message).
+    pub(crate) fn new(path: &str) -> Result<Self, &'static str> {
         let mut segments = Vec::new();
         let mut start = 0;
         for piece in path.split('.') {
@@ -38,16 +40,14 @@ impl ClaimMatcher {
         Ok(Self {
             path: path.to_owned(),
             segments,
-            glob: Glob::new(pattern),
         })
     }
 
-    pub(crate) fn matches(&self, claims: &Map<String, Value>) -> bool {
-        self.resolve(claims)
-            .is_some_and(|v| self.value_matches(v, true))
+    pub(crate) fn as_str(&self) -> &str {
+        &self.path
     }
 
-    fn resolve<'c>(&self, claims: &'c Map<String, Value>) -> Option<&'c Value> {
+    pub(crate) fn resolve<'c>(&self, claims: &'c Map<String, Value>) -> Option<&'c Value> {
         let mut object = claims;
         let mut i = 0;
         loop {
@@ -65,38 +65,81 @@ impl ClaimMatcher {
             i = next;
         }
     }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ClaimMatcher {
+    path: ClaimPath,
+    glob: Glob,
+}
+
+impl ClaimMatcher {
+    /// See [`ClaimPath::new`] for what `path` must be.
+    pub(crate) fn new(path: &str, pattern: &str) -> Result<Self, &'static str> {
+        Ok(Self {
+            path: ClaimPath::new(path)?,
+            glob: Glob::new(pattern),
+        })
+    }
+
+    pub(crate) fn matches(&self, claims: &Map<String, Value>) -> bool {
+        self.path
+            .resolve(claims)
+            .is_some_and(|v| self.value_matches(v, true))
+    }
+
+    /// The dotted path as written (lint).
+    pub(crate) fn path(&self) -> &str {
+        self.path.as_str()
+    }
+
+    /// The pattern (lint).
+    pub(crate) fn glob(&self) -> &Glob {
+        &self.glob
+    }
 
     fn value_matches(&self, value: &Value, top: bool) -> bool {
         match value {
-            Value::String(s) => self.glob.matches(s),
-            Value::Bool(b) => self.glob.matches(if *b { "true" } else { "false" }),
-            Value::Number(n) => {
-                // Render into a stack buffer: no allocation on the request path. serde_json
-                // prints numbers in their shortest form, which always fits; the fallback
-                // only keeps this correct should that ever change.
-                let mut buf = StackStr::default();
-                match write!(buf, "{n}") {
-                    Ok(()) => self.glob.matches(buf.as_str()),
-                    Err(_) => self.glob.matches(&n.to_string()),
-                }
-            }
             // Only one level of "array contains": nested arrays are not flattened.
             Value::Array(items) => top && items.iter().any(|v| self.value_matches(v, false)),
-            Value::Null | Value::Object(_) => false,
+            _ => {
+                let mut buf = StackStr::default();
+                scalar_text(value, &mut buf).is_some_and(|text| self.glob.matches(&text))
+            }
         }
+    }
+}
+
+/// The text of a scalar claim, as `match.claims` and `grant.subject` both see it:
+/// strings as-is, bools and numbers as their JSON text. `None` for arrays, objects and
+/// null. Numbers render into `buf`, so no allocation on the request path; serde_json
+/// prints them in their shortest form, which always fits, and the owned fallback only
+/// keeps this correct should that ever change.
+pub(crate) fn scalar_text<'v>(value: &'v Value, buf: &'v mut StackStr) -> Option<Cow<'v, str>> {
+    match value {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        Value::Number(n) => match write!(buf, "{n}") {
+            Ok(()) => {
+                let buf: &'v StackStr = buf;
+                Some(Cow::Borrowed(buf.as_str()))
+            }
+            Err(_) => Some(Cow::Owned(n.to_string())),
+        },
+        Value::Array(_) | Value::Object(_) | Value::Null => None,
     }
 }
 
 /// Enough for any `serde_json::Number` without `arbitrary_precision`: integers take at
 /// most 20 bytes, floats (shortest round-trip form) at most 24.
 #[derive(Default)]
-struct StackStr {
+pub(crate) struct StackStr {
     buf: [u8; 32],
     len: usize,
 }
 
 impl StackStr {
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
     }
 }

@@ -9,6 +9,7 @@
 use super::claims::ClaimMatcher;
 use super::error::PolicyError;
 use super::spiffe_pattern::SpiffePattern;
+use super::subject::SubjectTemplate;
 use super::{CompiledRule, Matcher};
 use crate::domain::{Audience, Scope, ScopeSet, SpiffeId, parse_duration};
 use std::collections::HashMap;
@@ -23,8 +24,15 @@ const RULE_KEYS: &[&str] = &["id", "match", "grant"];
 const RULE_KEYS_TEXT: &str = "id, match, grant";
 const MATCH_KEYS: &[&str] = &["spiffe_id", "issuer", "claims"];
 const MATCH_KEYS_TEXT: &str = "spiffe_id, issuer, claims";
-const GRANT_KEYS: &[&str] = &["audiences", "scopes", "default_scopes", "max_ttl", "actors"];
-const GRANT_KEYS_TEXT: &str = "audiences, scopes, default_scopes, max_ttl, actors";
+const GRANT_KEYS: &[&str] = &[
+    "audiences",
+    "scopes",
+    "default_scopes",
+    "max_ttl",
+    "actors",
+    "subject",
+];
+const GRANT_KEYS_TEXT: &str = "audiences, scopes, default_scopes, max_ttl, actors, subject";
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,6 +258,20 @@ fn compile_rule(id: &str, table: &Table) -> Result<CompiledRule, PolicyError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
 
+    let subject = match grant.str("subject")? {
+        None => None,
+        Some(_) if matches!(matcher, Matcher::Spiffe(_)) => {
+            return Err(grant.invalid(
+                "subject",
+                "applies only to OIDC rules (match.issuer); a SPIFFE workload's token subject is always its SPIFFE ID, so remove grant.subject".to_owned(),
+            ));
+        }
+        Some(template) => Some(
+            SubjectTemplate::parse(template)
+                .map_err(|problem| grant.invalid("subject", problem))?,
+        ),
+    };
+
     Ok(CompiledRule {
         id: id.to_owned(),
         matcher,
@@ -258,6 +280,7 @@ fn compile_rule(id: &str, table: &Table) -> Result<CompiledRule, PolicyError> {
         default_scopes,
         max_ttl,
         actors,
+        subject,
     })
 }
 

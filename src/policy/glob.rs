@@ -23,6 +23,11 @@ impl Glob {
         }
     }
 
+    /// The pattern as written.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.source
+    }
+
     pub(crate) fn has_wildcard(&self) -> bool {
         self.parts.is_some()
     }

@@ -14,18 +14,25 @@ mod claims;
 mod compile;
 mod error;
 mod glob;
+mod lint;
 mod spiffe_pattern;
+mod subject;
 
+#[cfg(test)]
+mod lint_tests;
 #[cfg(test)]
 mod tests;
 
 pub use compile::{HARD_MAX_TTL_SECS, MAX_RULE_ID_LEN};
 pub use error::PolicyError;
+pub use lint::{LintWarning, log_lint_warnings};
 pub use spiffe_pattern::SpiffePattern;
+pub use subject::{MAX_SUBJECT_LEN, MAX_TEMPLATE_LEN, is_valid_mapped_subject};
 
 use crate::domain::{Audience, Principal, ScopeSet, SpiffeId, format_duration};
 use claims::ClaimMatcher;
 use std::path::Path;
+use subject::SubjectTemplate;
 
 /// What selects a principal. A SPIFFE pattern never selects an OIDC principal and an
 /// issuer never selects a SPIFFE one.
@@ -66,6 +73,35 @@ struct CompiledRule {
     /// Seconds, at most [`HARD_MAX_TTL_SECS`].
     max_ttl: Option<u64>,
     actors: Vec<SpiffeId>,
+    /// `grant.subject`; only on OIDC rules (checked at compile time).
+    subject: Option<SubjectTemplate>,
+}
+
+impl CompiledRule {
+    /// The match selects the principal and, when the rule maps the subject, the template
+    /// renders a valid subject from its claims; otherwise the rule is skipped like any
+    /// rule that does not match. Allocates nothing.
+    fn selects(&self, principal: &Principal) -> bool {
+        self.matcher.selects(principal)
+            && match (&self.subject, principal) {
+                (None, _) => true,
+                (Some(template), Principal::Oidc { claims, .. }) => {
+                    template.rendered_len(claims).is_some()
+                }
+                (Some(_), Principal::Spiffe(_)) => false,
+            }
+    }
+
+    /// The mapped subject for a principal this rule selects: `Some(None)` keeps the
+    /// default subject, `None` means the template does not render (never after
+    /// [`Self::selects`] said yes, but this stays the safe answer).
+    fn mapped_subject(&self, principal: &Principal) -> Option<Option<String>> {
+        match (&self.subject, principal) {
+            (None, _) => Some(None),
+            (Some(template), Principal::Oidc { claims, .. }) => template.render(claims).map(Some),
+            (Some(_), Principal::Spiffe(_)) => None,
+        }
+    }
 }
 
 /// A policy file, compiled. Cheap to share behind an `Arc` and swap on reload.
@@ -182,7 +218,7 @@ impl CompiledPolicy {
         let mut actor_refused: Option<&CompiledRule> = None;
         for rule in &self.rules {
             // Audience first: a string compare, cheaper than patterns and claim lookups.
-            if !rule.audiences.contains(req.audience) || !rule.matcher.selects(principal) {
+            if !rule.audiences.contains(req.audience) || !rule.selects(principal) {
                 continue;
             }
             if !req.scopes.iter().all(|s| rule.scopes.contains(s)) {
@@ -195,6 +231,9 @@ impl CompiledPolicy {
                 actor_refused.get_or_insert(rule);
                 continue;
             }
+            let Some(subject) = rule.mapped_subject(principal) else {
+                continue;
+            };
             let scopes = if req.scopes.is_empty() {
                 rule.default_scopes.clone()
             } else {
@@ -206,7 +245,7 @@ impl CompiledPolicy {
                 scopes,
                 max_ttl: rule.max_ttl,
                 actor: req.actor.cloned(),
-                subject: None,
+                subject,
             });
         }
         let deny = match (scope_refused, actor_refused) {
@@ -245,7 +284,8 @@ impl CompiledPolicy {
 }
 
 /// One line describing a decision on its own, e.g.
-/// `GRANT by rule "payments-read-ledger": audience https://ledger.example.org, scope "ledger:read", max_ttl 5m`.
+/// `GRANT by rule "payments-read-ledger": audience https://ledger.example.org, scope "ledger:read", max_ttl 5m`
+/// (followed by `, subject <mapped>` when the rule sets `grant.subject`).
 /// See [`check_report`] for the fuller line `tessera policy check` prints.
 pub fn explain(decision: &Decision) -> String {
     match decision {
@@ -302,6 +342,9 @@ fn explain_grant(g: &Grant) -> String {
         "GRANT by rule {:?}: audience {}, {scope}, max_ttl {ttl}",
         g.rule_id, g.audience
     );
+    if let Some(subject) = &g.subject {
+        line.push_str(&format!(", subject {subject}"));
+    }
     if let Some(actor) = &g.actor {
         line.push_str(&format!(", actor {actor}"));
     }

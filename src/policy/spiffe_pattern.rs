@@ -108,6 +108,18 @@ impl SpiffePattern {
         &self.source
     }
 
+    /// The trust domain, e.g. `example.org`.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// True when the pattern matches every workload of its trust domain, or every one
+    /// with at least some number of segments: `spiffe://td/**`, `spiffe://td/*/**`...
+    /// (policy lint `trust_domain_wide`).
+    pub fn spans_trust_domain(&self) -> bool {
+        self.any_tail && self.segments.iter().all(|s| *s == Segment::Any)
+    }
+
     /// True when the pattern matches exactly one ID (no star anywhere).
     pub fn is_exact(&self) -> bool {
         !self.any_tail

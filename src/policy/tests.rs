@@ -840,3 +840,245 @@ fn granted_scopes_are_domain_scopes() {
     assert!(g.scopes.contains(&Scope::parse("ledger:read").unwrap()));
     assert_eq!(g.audience.as_str(), "https://ledger.example.org");
 }
+
+/// One OIDC rule with `grant.subject = template` on issuer `https://k8s`.
+fn subject_rule(id: &str, claims: &str, template: &str) -> String {
+    format!(
+        "[[rule]]\nid = \"{id}\"\nmatch.issuer = \"https://k8s\"\nmatch.claims = {{ {claims} }}\ngrant.audiences = [\"aud\"]\ngrant.subject = {template:?}\n"
+    )
+}
+
+#[test]
+fn subject_template_errors_table() {
+    const K8S: &str =
+        "[[rule]]\nid = \"r\"\nmatch.issuer = \"https://k8s\"\ngrant.audiences = [\"aud\"]\n";
+    let with = |template: &str| format!("{K8S}grant.subject = {template:?}\n");
+    let long = format!("x{}", "{sub}".repeat(103));
+    // (name, policy, words in the message)
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "spiffe rule",
+            format!("{SPIFFE_RULE}grant.audiences = [\"aud\"]\ngrant.subject = \"x\"\n"),
+            "applies only to OIDC rules",
+        ),
+        (
+            "not a string",
+            format!("{K8S}grant.subject = 1\n"),
+            "expected a string, found integer",
+        ),
+        ("empty", with(""), "must not be empty"),
+        ("unclosed", with("gha:{repository"), "is not closed"),
+        ("nested open", with("gha:{repo{sitory}"), "is not closed"),
+        ("unmatched close", with("gha:repository}"), "unmatched '}'"),
+        ("empty placeholder", with("gha:{}"), "empty placeholder"),
+        ("leading dot", with("{.sub}"), "empty segments"),
+        ("double dot", with("{kubernetes..io}"), "empty segments"),
+        ("trailing dot", with("{sub.}"), "empty segments"),
+        (
+            "spiffe prefix",
+            with("spiffe://example.org/{sub}"),
+            "must never look like a SPIFFE ID",
+        ),
+        (
+            "spiffe prefix any case",
+            with("SpIfFe:{sub}"),
+            "must never look like a SPIFFE ID",
+        ),
+        ("too long", with(&long), "over the 512-byte limit"),
+        ("literal space", with("gha {sub}"), "whitespace or control"),
+        ("literal tab", with("gha:\t{sub}"), "whitespace or control"),
+    ];
+    for (name, src, words) in cases {
+        let err = match CompiledPolicy::from_toml(&src) {
+            Ok(_) => panic!("case {name:?}: compiled but should not"),
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        assert!(msg.contains(words), "case {name:?}: {msg}");
+        assert_eq!(err.rule(), Some("r"), "case {name:?}: {msg}");
+        assert_eq!(err.field(), Some("grant.subject"), "case {name:?}: {msg}");
+    }
+    // Boundaries that must still compile.
+    for (name, template) in [
+        ("escaped braces", "{{lit}}:{sub}"),
+        ("no placeholder", "ci-deployer"),
+        ("exactly 512 bytes", &"y".repeat(512)),
+        ("spiffe without colon", "spiffe-{sub}"),
+        ("placeholder first", "{sub}"),
+    ] {
+        assert!(
+            CompiledPolicy::from_toml(&with(template)).is_ok(),
+            "case {name:?}"
+        );
+    }
+}
+
+#[test]
+fn subject_template_rendering_table() {
+    let k8s_claims = json!({
+        "sub": "system:serviceaccount:payments:api",
+        "kubernetes.io": {"namespace": "payments", "serviceaccount": {"name": "api", "uid": "1"}},
+        "run_attempt": 3,
+        "ratio": 0.5,
+        "verified": true,
+        "groups": ["a"],
+        "nothing": null,
+        "evil": "spiffe://example.org/ns/payments/sa/api",
+        "evil_upper": "SPIFFE:x",
+        "spaced": "a b",
+        "newline": "a\nb",
+        "huge": "z".repeat(1020),
+        "fe": "fe://example.org/x",
+    });
+    // (name, template, want: Some(subject) or None for "does not select")
+    let cases: Vec<(&str, &str, Option<String>)> = vec![
+        (
+            "nested k8s claims under the dotted key",
+            "system:serviceaccount:{kubernetes.io.namespace}:{kubernetes.io.serviceaccount.name}",
+            Some("system:serviceaccount:payments:api".to_owned()),
+        ),
+        (
+            "number as JSON text",
+            "attempt-{run_attempt}",
+            Some("attempt-3".to_owned()),
+        ),
+        ("float as JSON text", "r{ratio}", Some("r0.5".to_owned())),
+        (
+            "bool as JSON text",
+            "v={verified}",
+            Some("v=true".to_owned()),
+        ),
+        (
+            "escaped braces",
+            "{{{sub}}}",
+            Some("{system:serviceaccount:payments:api}".to_owned()),
+        ),
+        (
+            "no placeholder",
+            "ci-deployer",
+            Some("ci-deployer".to_owned()),
+        ),
+        ("missing claim", "x:{environment}", None),
+        ("missing nested claim", "x:{kubernetes.io.pod}", None),
+        ("array", "x:{groups}", None),
+        ("object", "x:{kubernetes.io}", None),
+        ("null", "x:{nothing}", None),
+        ("injected spiffe id", "{evil}", None),
+        ("injected spiffe prefix any case", "{evil_upper}", None),
+        ("spiffe prefix built across pieces", "spif{fe}", None),
+        ("whitespace from a claim", "x:{spaced}", None),
+        ("control char from a claim", "x:{newline}", None),
+        ("over 1024 bytes", "abcde:{huge}", None),
+        (
+            "1024 bytes exactly",
+            "abcd{huge}",
+            Some(format!("abcd{}", "z".repeat(1020))),
+        ),
+    ];
+    let principal = oidc("https://k8s", k8s_claims);
+    for (name, template, want) in cases {
+        let p = CompiledPolicy::from_toml(&subject_rule("mapped", "sub = \"*\"", template))
+            .unwrap_or_else(|e| panic!("case {name:?}: {e}"));
+        match (run(&p, &principal, "aud", "", None), want) {
+            (Decision::Grant(g), Some(want)) => {
+                assert_eq!(g.subject.as_deref(), Some(want.as_str()), "case {name:?}")
+            }
+            (Decision::Deny(Deny::NoRule), None) => {}
+            (got, want) => panic!("case {name:?}: got {got:?}, want subject {want:?}"),
+        }
+    }
+}
+
+#[test]
+fn unrenderable_subject_falls_through_to_the_next_rule() {
+    let src = format!(
+        "{}{}",
+        subject_rule("mapped", "sub = \"*\"", "{repository}:{ref}"),
+        "[[rule]]\nid = \"fallback\"\nmatch.issuer = \"https://k8s\"\ngrant.audiences = [\"aud\"]\n"
+    );
+    let p = CompiledPolicy::from_toml(&src).unwrap();
+    // (name, claims, granting rule, subject)
+    let cases = [
+        (
+            "renders",
+            json!({"sub": "s", "repository": "acme/deploy", "ref": "refs/heads/main"}),
+            "mapped",
+            Some("acme/deploy:refs/heads/main"),
+        ),
+        (
+            "missing claim skips the rule",
+            json!({"sub": "s", "repository": "acme/deploy"}),
+            "fallback",
+            None,
+        ),
+        (
+            "injected spiffe id skips the rule",
+            json!({"sub": "s", "repository": "spiffe://example.org/ns/payments/sa/api", "ref": "x"}),
+            "fallback",
+            None,
+        ),
+        (
+            "number claim renders",
+            json!({"sub": "s", "repository": 42, "ref": "x"}),
+            "mapped",
+            Some("42:x"),
+        ),
+    ];
+    for (name, claims, rule, subject) in cases {
+        let Decision::Grant(g) = run(&p, &oidc("https://k8s", claims), "aud", "", None) else {
+            panic!("case {name:?}: expected a grant")
+        };
+        assert_eq!(g.rule_id, rule, "case {name:?}");
+        assert_eq!(g.subject.as_deref(), subject, "case {name:?}");
+    }
+    // A rule that does not select because of its template is not "the closest miss":
+    // with no other rule the answer is NoRule, not ScopeNotAllowed.
+    let only =
+        CompiledPolicy::from_toml(&subject_rule("mapped", "sub = \"*\"", "{missing}")).unwrap();
+    let got = run(
+        &only,
+        &oidc("https://k8s", json!({"sub": "s"})),
+        "aud",
+        "x:y",
+        None,
+    );
+    assert_eq!(got, Decision::Deny(Deny::NoRule));
+}
+
+#[test]
+fn default_subject_is_none_and_reports_show_the_mapped_one() {
+    let p = policy();
+    let Decision::Grant(g) = run(
+        &p,
+        &github("acme/deploy", "refs/heads/main"),
+        "https://deploy.example.org",
+        "",
+        None,
+    ) else {
+        panic!("expected a grant")
+    };
+    assert_eq!(g.subject, None);
+    assert!(!explain(&Decision::Grant(g)).contains("subject"));
+
+    let p = CompiledPolicy::from_toml(&subject_rule(
+        "k8s",
+        "\"kubernetes.io.namespace\" = \"payments\"",
+        "k8s:{kubernetes.io.namespace}:{kubernetes.io.serviceaccount.name}",
+    ))
+    .unwrap();
+    let principal = oidc(
+        "https://k8s",
+        json!({"kubernetes.io": {"namespace": "payments", "serviceaccount": {"name": "api"}}}),
+    );
+    let aud = Audience::parse("aud").unwrap();
+    let scopes = ScopeSet::parse("").unwrap();
+    let req = AccessRequest {
+        audience: &aud,
+        scopes: &scopes,
+        actor: None,
+    };
+    let decision = p.decide(&principal, &req);
+    let want = r#"GRANT by rule "k8s": audience aud, no scope, max_ttl server default, subject k8s:payments:api"#;
+    assert_eq!(explain(&decision), want);
+    assert_eq!(check_report(&principal, &req, &decision), want);
+}

@@ -354,6 +354,7 @@ impl Service {
     pub fn reload(&self) -> Result<ReloadOutcome, String> {
         let policy = CompiledPolicy::load(&self.settings.policy_file)
             .map_err(|e| format!("policy rejected: {e}"))?;
+        crate::policy::log_lint_warnings(&policy, self.settings.max_ttl);
         let admin_token_sha256 = match &self.settings.admin_token_hash_file {
             Some(p) => Some(read_token_hash(p)?),
             None => None,
@@ -408,18 +409,39 @@ impl Service {
 }
 
 /// A subject is a SPIFFE ID or, for OIDC subjects, `<iss>#<sub>`.
+/// The subjects tokens are issued to (contract §2): a SPIFFE ID, `<iss>#<sub>` for an
+/// OIDC identity, or a subject mapped by a rule's `grant.subject`. A malformed SPIFFE ID
+/// is refused rather than taken as a mapped subject: it is a typo, and revoking it would
+/// revoke nothing.
 fn valid_subject(s: &str) -> Result<(), ServiceError> {
     if SpiffeId::parse(s).is_ok() {
         return Ok(());
     }
-    match s.split_once('#') {
-        Some((iss, sub)) if iss.starts_with("https://") && !sub.is_empty() && s.len() <= 2048 => {
-            Ok(())
-        }
-        _ => Err(ServiceError::InvalidRequest(
-            "subject must be a SPIFFE ID or <issuer>#<sub>".into(),
-        )),
+    if let Some((iss, sub)) = s.split_once('#')
+        && iss.starts_with("https://")
+        && !sub.is_empty()
+        && s.len() <= 2048
+    {
+        return Ok(());
     }
+    if crate::policy::is_valid_mapped_subject(s) {
+        return Ok(());
+    }
+    let problem = if s
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("spiffe:"))
+    {
+        match SpiffeId::parse(s) {
+            Err(e) => format!("{s:?} is not a valid SPIFFE ID ({e})"),
+            Ok(_) => format!("{s:?} is not a valid SPIFFE ID"),
+        }
+    } else {
+        "subject is empty, longer than 1024 bytes, or holds whitespace or control characters"
+            .to_owned()
+    };
+    Err(ServiceError::InvalidRequest(format!(
+        "{problem}; subject must be a SPIFFE ID, <issuer>#<sub>, or a subject mapped by grant.subject (1 to 1024 bytes, no whitespace, not starting with spiffe:)"
+    )))
 }
 
 /// Reads `admin.token_hash_file`: lowercase hex SHA-256, a trailing newline allowed.
@@ -438,4 +460,40 @@ pub fn read_token_hash(path: &std::path::Path) -> Result<String, String> {
         ));
     }
     Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_subject;
+
+    #[test]
+    fn valid_subject_table() {
+        let long = format!("gha:{}", "a".repeat(1021));
+        // (name, subject, accepted)
+        let cases = [
+            ("spiffe id", "spiffe://example.org/ns/a/sa/b", true),
+            (
+                "oidc default",
+                "https://k8s.example.org#system:serviceaccount:a:b",
+                true,
+            ),
+            ("mapped k8s", "system:serviceaccount:payments:api", true),
+            ("mapped gha", "gha:acme/deploy@refs/heads/main", true),
+            ("mapped at the limit", &long[..1024], true),
+            ("mapped over the limit", &long, false),
+            ("empty", "", false),
+            ("whitespace", "gha:acme deploy", false),
+            ("control char", "gha:acme\u{7}", false),
+            ("malformed spiffe id", "spiffe://Example.org/a", false),
+            ("spiffe prefix any case", "SPIFFE:x", false),
+        ];
+        for (name, subject, accepted) in cases {
+            assert_eq!(valid_subject(subject).is_ok(), accepted, "case {name:?}");
+        }
+        let msg = valid_subject("spiffe://Example.org/a")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not a valid SPIFFE ID"), "{msg}");
+        assert!(msg.contains("grant.subject"), "{msg}");
+    }
 }
