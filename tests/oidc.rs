@@ -807,3 +807,117 @@ grant.audiences = ["https://ledger.example.org"]
         .unwrap();
     assert_eq!(exchange(&s, &token, common::LEDGER).await.status, 200);
 }
+
+/// The fenced block of docs/oidc.md whose info string is `<lang> <name>`.
+fn doc_block(doc: &str, lang: &str, name: &str) -> String {
+    let start = format!("```{lang} {name}\n");
+    let from = doc
+        .find(&start)
+        .unwrap_or_else(|| panic!("docs/oidc.md has no {start:?} block"))
+        + start.len();
+    let len = doc[from..].find("```").unwrap();
+    doc[from..from + len].to_owned()
+}
+
+/// Claims from the docs, re-issued by the test issuer and made current.
+fn doc_claims(doc: &str, name: &str, issuer: &FakeIssuer, now: i64) -> String {
+    let mut c: Value = serde_json::from_str(&doc_block(doc, "json", name)).unwrap();
+    c["iss"] = json!(issuer.url);
+    c["iat"] = json!(now);
+    c["nbf"] = json!(now);
+    c["exp"] = json!(now + 600);
+    issuer.key().sign_compact("JWT", &c).unwrap()
+}
+
+#[tokio::test]
+async fn documented_configurations_work() {
+    const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+    const GHA_ISSUER: &str = "https://token.actions.githubusercontent.com";
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/oidc.md")).unwrap();
+    let mut env = Env::new();
+    let k8s = FakeIssuer::start(&env, "k8s").await;
+    let gha = FakeIssuer::start(&env, "gha").await;
+    // The documented blocks, with the real issuers replaced by the loopback ones (which
+    // are served under the test CA, hence the ca_file for GitHub's web-PKI issuer).
+    let config = format!(
+        "{}\n{}",
+        doc_block(&doc, "toml", "k8s-config")
+            .replace(K8S_ISSUER, &k8s.url)
+            .replace(
+                "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+                "ca.crt"
+            ),
+        doc_block(&doc, "toml", "gha-config").replace(
+            &format!("issuer = \"{GHA_ISSUER}\""),
+            &format!("issuer = \"{}\"\nca_file = \"ca.crt\"", gha.url)
+        ),
+    );
+    let k8s_policy = doc_block(&doc, "toml", "k8s-policy");
+    let gha_policy = doc_block(&doc, "toml", "gha-policy");
+    let policy = format!(
+        "{}\n{}\n{}",
+        common::POLICY,
+        k8s_policy.replace(K8S_ISSUER, &k8s.url),
+        gha_policy.replace(GHA_ISSUER, &gha.url)
+    );
+    std::fs::write(env.path().join("policy.toml"), policy).unwrap();
+    let mut full = std::fs::read_to_string(&env.config_path).unwrap();
+    full.push_str(&config);
+    std::fs::write(&env.config_path, full).unwrap();
+    env.settings = tessera::config::load(&env.config_path, &[]).unwrap();
+    // The documented policies pass the lint as written (GitHub pinned to its owner).
+    for p in [&k8s_policy, &gha_policy] {
+        let compiled = tessera::policy::CompiledPolicy::from_toml(p).unwrap();
+        assert!(compiled.lint(900).is_empty(), "{:?}", compiled.lint(900));
+    }
+    let s = env.start().await;
+    let now = s.env.now();
+
+    // Kubernetes: the documented claims, mapped subject as documented.
+    let token = doc_claims(&doc, "k8s-claims", &k8s, now);
+    let r = exchange(&s, &token, common::LEDGER).await;
+    let sub = jws_part(&r.access_token(), 1)["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(sub, "k8s:payments/api");
+    assert!(doc.contains("`sub` is `k8s:payments/api`"));
+
+    // GitHub Actions: id_token type, scope, one_time.
+    let token = doc_claims(&doc, "gha-claims", &gha, now);
+    let form = |t: &str| {
+        vec![
+            ("grant_type", TOKEN_EXCHANGE.to_owned()),
+            ("subject_token", t.to_owned()),
+            ("subject_token_type", ID_TOKEN_TYPE.to_owned()),
+            ("audience", DEPLOY.to_owned()),
+            ("scope", "deploy:write".to_owned()),
+        ]
+    };
+    let send = |t: String| {
+        let s = &s;
+        async move {
+            let f = form(&t);
+            let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            s.post_form("/token", &f, common::Auth::None).await
+        }
+    };
+    let r = send(token.clone()).await;
+    let claims = jws_part(&r.access_token(), 1);
+    assert_eq!(
+        claims["sub"],
+        format!("{}#repo:acme/deploy:environment:production", gha.url)
+    );
+    assert_eq!(claims["scope"], "deploy:write");
+    assert_eq!(claims["exp"].as_i64().unwrap() - now, 600);
+    send(token).await.assert_error(400, "invalid_grant");
+    // Another repository of the same owner is not let in.
+    let mut c: Value = serde_json::from_str(&doc_block(&doc, "json", "gha-claims")).unwrap();
+    c["iss"] = json!(gha.url);
+    c["exp"] = json!(now + 600);
+    c["repository"] = json!("acme/other");
+    c["jti"] = json!("other-job");
+    let r = send(gha.key().sign_compact("JWT", &c).unwrap()).await;
+    r.assert_error(400, "invalid_target");
+}

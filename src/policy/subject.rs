@@ -98,6 +98,12 @@ impl SubjectTemplate {
         {
             return Err("starts with \"spiffe:\"; an OIDC subject must never look like a SPIFFE ID, so use another prefix, like \"k8s:\"".to_owned());
         }
+        if parts
+            .iter()
+            .any(|p| matches!(p, Part::Literal(l) if l.contains("://")))
+        {
+            return Err("contains \"://\"; a mapped subject must not look like a URL, an issuer's default <iss>#<sub> or a SPIFFE ID, so use a prefix like \"k8s:\"".to_owned());
+        }
         Ok(Self { parts })
     }
 
@@ -137,7 +143,8 @@ impl SubjectTemplate {
 
 /// Whether `s` may be an issued token's subject that came from `grant.subject`:
 /// 1..=1024 bytes, no whitespace or control character, not starting with `spiffe:` in
-/// any case. The admin API accepts the same forms for revocation by subject.
+/// any case, and no `://` anywhere: a claim value must not make a mapped subject equal
+/// another issuer's default `<iss>#<sub>` (or any URL-shaped identity). The admin API accepts the same forms for revocation by subject.
 pub fn is_valid_mapped_subject(s: &str) -> bool {
     let mut guard = Guard::default();
     guard.push(s) && guard.finish()
@@ -159,6 +166,9 @@ struct Guard {
     /// The first bytes of the subject, enough to test the `spiffe:` prefix.
     head: [u8; SPIFFE_PREFIX.len()],
     head_len: usize,
+    /// The last two bytes seen, to find `://` across pieces.
+    tail: [u8; 2],
+    url_like: bool,
 }
 
 impl Guard {
@@ -168,16 +178,17 @@ impl Guard {
             return false;
         }
         for &b in piece.as_bytes() {
-            let Some(slot) = self.head.get_mut(self.head_len) else {
-                break;
-            };
-            *slot = b;
-            self.head_len += 1;
+            if let Some(slot) = self.head.get_mut(self.head_len) {
+                *slot = b;
+                self.head_len += 1;
+            }
+            self.url_like |= self.tail == *b":/" && b == b'/';
+            self.tail = [self.tail[1], b];
         }
-        true
+        !self.url_like
     }
 
     fn finish(&self) -> bool {
-        self.len > 0 && !has_spiffe_prefix(&self.head[..self.head_len])
+        self.len > 0 && !self.url_like && !has_spiffe_prefix(&self.head[..self.head_len])
     }
 }

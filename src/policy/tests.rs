@@ -884,6 +884,11 @@ fn subject_template_errors_table() {
             with("SpIfFe:{sub}"),
             "must never look like a SPIFFE ID",
         ),
+        (
+            "url in the literal",
+            with("https://token.actions.githubusercontent.com#{sub}"),
+            "must not look like a URL",
+        ),
         ("too long", with(&long), "over the 512-byte limit"),
         ("literal space", with("gha {sub}"), "whitespace or control"),
         ("literal tab", with("gha:\t{sub}"), "whitespace or control"),
@@ -929,6 +934,8 @@ fn subject_template_rendering_table() {
         "newline": "a\nb",
         "huge": "z".repeat(1020),
         "fe": "fe://example.org/x",
+        "other_issuer": "https://token.actions.githubusercontent.com#repo:victim/app",
+        "colon_slash": "a:/",
     });
     // (name, template, want: Some(subject) or None for "does not select")
     let cases: Vec<(&str, &str, Option<String>)> = vec![
@@ -966,6 +973,8 @@ fn subject_template_rendering_table() {
         ("injected spiffe id", "{evil}", None),
         ("injected spiffe prefix any case", "{evil_upper}", None),
         ("spiffe prefix built across pieces", "spif{fe}", None),
+        ("another issuer's default subject", "{other_issuer}", None),
+        ("url built across pieces", "x-{colon_slash}/b", None),
         ("whitespace from a claim", "x:{spaced}", None),
         ("control char from a claim", "x:{newline}", None),
         ("over 1024 bytes", "abcde:{huge}", None),

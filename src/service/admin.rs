@@ -486,6 +486,7 @@ mod tests {
             ("control char", "gha:acme\u{7}", false),
             ("malformed spiffe id", "spiffe://Example.org/a", false),
             ("spiffe prefix any case", "SPIFFE:x", false),
+            ("url-shaped, not https", "http://k8s#a", false),
         ];
         for (name, subject, accepted) in cases {
             assert_eq!(valid_subject(subject).is_ok(), accepted, "case {name:?}");
