@@ -8,7 +8,7 @@ mod common;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use common::{Env, ISSUER, LEDGER, POLICY, Server, bundle_json};
+use common::{Env, HttpsListener, ISSUER, LEDGER, POLICY, Server, bundle_json};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,30 +44,11 @@ fn partner_bundle(key: &SigningKey) -> String {
 
 /// An HTTPS bundle endpoint on 127.0.0.1:0 with the harness PKI's server certificate.
 async fn bundle_endpoint(env: &Env, status: u16, body: String) -> Endpoint {
-    use rustls_pki_types::pem::PemObject as _;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(env.pki.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(env.pki.key_pem.as_bytes()).unwrap();
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = HttpsListener::bind(&env.pki).await;
     let ep = Endpoint {
         reply: Arc::new(Mutex::new((status, body))),
         hits: Arc::new(Mutex::new(0)),
-        url: format!(
-            "https://localhost:{}/bundle",
-            listener.local_addr().unwrap().port()
-        ),
+        url: format!("https://localhost:{}/bundle", listener.port()),
     };
     let state = ep.clone();
     let app = Router::new().route(
@@ -81,25 +62,7 @@ async fn bundle_endpoint(env: &Env, status: u16, body: String) -> Endpoint {
             }
         }),
     );
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let (acceptor, app) = (acceptor.clone(), app.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                .await;
-            });
-        }
-    });
+    listener.serve(app);
     ep
 }
 

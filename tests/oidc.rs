@@ -9,7 +9,7 @@ mod common;
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::get;
-use common::{Env, JWT_TYPE, Server, TOKEN_EXCHANGE, jws_part, raw_jws};
+use common::{Env, HttpsListener, JWT_TYPE, Server, TOKEN_EXCHANGE, jws_part, raw_jws};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,27 +40,8 @@ struct FakeIssuer {
 impl FakeIssuer {
     /// An HTTPS issuer at `https://localhost:PORT/<path>` with one ES256 key.
     async fn start(env: &Env, path: &str) -> Self {
-        use rustls_pki_types::pem::PemObject as _;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(env.pki.cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(env.pki.key_pem.as_bytes()).unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "https://localhost:{}/{path}",
-            listener.local_addr().unwrap().port()
-        );
+        let listener = HttpsListener::bind(&env.pki).await;
+        let url = format!("https://localhost:{}/{path}", listener.port());
         let state = Arc::new(IssuerState {
             claimed_issuer: Mutex::new(url.clone()),
             keys: Mutex::new(vec![Arc::new(
@@ -118,25 +99,7 @@ impl FakeIssuer {
                     }
                 }),
             );
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-                });
-            }
-        });
+        listener.serve(app);
         Self { url, state }
     }
 

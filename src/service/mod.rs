@@ -506,36 +506,39 @@ impl Service {
         }
         let oidc = self.oidc.stats(self.now());
         if !oidc.is_empty() {
-            // Prometheus text format: label values escape backslash, quote and newline.
-            let label = |v: &str| {
-                v.replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n")
-            };
-            out.push_str("# HELP tessera_oidc_jwks_fetches_total Fetches of an OIDC issuer's keys (discovery and JWKS).\n# TYPE tessera_oidc_jwks_fetches_total counter\n");
-            for st in &oidc {
-                out.push_str(&format!(
-                    "tessera_oidc_jwks_fetches_total{{issuer=\"{}\"}} {}\n",
-                    label(&st.issuer),
-                    st.fetches
-                ));
-            }
-            out.push_str("# HELP tessera_oidc_jwks_fetch_failures_total Failed fetches of an OIDC issuer's keys.\n# TYPE tessera_oidc_jwks_fetch_failures_total counter\n");
-            for st in &oidc {
-                out.push_str(&format!(
-                    "tessera_oidc_jwks_fetch_failures_total{{issuer=\"{}\"}} {}\n",
-                    label(&st.issuer),
-                    st.failures
-                ));
-            }
-            out.push_str("# HELP tessera_oidc_key_age_seconds Seconds since the OIDC issuer's keys in use were fetched.\n# TYPE tessera_oidc_key_age_seconds gauge\n");
-            for st in &oidc {
-                if let Some(age) = st.key_age {
-                    out.push_str(&format!(
-                        "tessera_oidc_key_age_seconds{{issuer=\"{}\"}} {}\n",
-                        label(&st.issuer),
-                        age.max(0)
-                    ));
+            type Row = fn(&crate::attest::oidc::IssuerKeyStats) -> Option<i64>;
+            let families: [(&str, &str, &str, Row); 3] = [
+                (
+                    "tessera_oidc_jwks_fetches_total",
+                    "counter",
+                    "Fetches of an OIDC issuer's keys (discovery and JWKS).",
+                    |st| i64::try_from(st.fetches).ok(),
+                ),
+                (
+                    "tessera_oidc_jwks_fetch_failures_total",
+                    "counter",
+                    "Failed fetches of an OIDC issuer's keys.",
+                    |st| i64::try_from(st.failures).ok(),
+                ),
+                (
+                    "tessera_oidc_key_age_seconds",
+                    "gauge",
+                    "Seconds since the OIDC issuer's keys in use were fetched.",
+                    |st| st.key_age.map(|a| a.max(0)),
+                ),
+            ];
+            for (name, kind, help, value) in families {
+                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+                for st in &oidc {
+                    if let Some(v) = value(st) {
+                        // Prometheus text format: label values escape \\, " and newline.
+                        let issuer = st
+                            .issuer
+                            .replace('\\', "\\\\")
+                            .replace('"', "\\\"")
+                            .replace('\n', "\\n");
+                        out.push_str(&format!("{name}{{issuer=\"{issuer}\"}} {v}\n"));
+                    }
                 }
             }
         }

@@ -178,6 +178,66 @@ pub fn jws_part(token: &str, i: usize) -> Value {
     serde_json::from_slice(&tessera::jose::b64url_decode(seg).unwrap()).unwrap()
 }
 
+/// A loopback HTTPS listener (the harness PKI's `localhost` certificate) for servers the
+/// tests play: bundle endpoints, OIDC issuers. Bind first (to build URLs from the
+/// port), then hand the router to `serve`.
+pub struct HttpsListener {
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl HttpsListener {
+    pub async fn bind(pki: &TestPki) -> Self {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Self {
+            listener: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().unwrap().port()
+    }
+
+    /// Serves `app` over HTTP/1.1 and HTTP/2 until the test ends.
+    pub fn serve(self, app: axum::Router) {
+        let Self { listener, acceptor } = self;
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+                });
+            }
+        });
+    }
+}
+
 /// Everything a server needs on disk, before it starts.
 pub struct Env {
     pub dir: tempfile::TempDir,
