@@ -429,7 +429,9 @@ impl Rate {
 
     pub fn parse(s: &str) -> Result<Self, String> {
         let bad = || {
-            format!("{s:?} is not a rate; write N/s or N/m with N a whole number, e.g. \"50/s\" or \"10/m\"")
+            format!(
+                "{s:?} is not a rate; write N/s or N/m with N a whole number, e.g. \"50/s\" or \"10/m\""
+            )
         };
         let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
         let count: u32 = n.trim().parse().map_err(|_| bad())?;

@@ -61,7 +61,11 @@ async fn per_identity_burst_is_twice_the_rate_then_slow_down_and_the_clock_refil
     let svid = srv.svid(PAYMENTS, 600);
     for i in 0..6 {
         let r = srv.exchange(&svid, LEDGER, None).await;
-        assert_eq!(r.status, 200, "request {i} of the burst of 2 x 3: {}", r.text);
+        assert_eq!(
+            r.status, 200,
+            "request {i} of the burst of 2 x 3: {}",
+            r.text
+        );
     }
     let refused = srv.exchange(&svid, LEDGER, None).await;
     assert_eq!(slow_down_retry_after(&refused, &svid), 1);
@@ -158,7 +162,10 @@ async fn two_replicas_on_one_redis_share_the_per_identity_limit() {
     let key = format!("{prefix}rl:{}", common::sha256_hex(PAYMENTS));
     let pttl: i64 = cli(redis.port, &["PTTL", &key]).trim().parse().unwrap();
     assert!(pttl > 0, "{key} has no expiry: {pttl}");
-    let keys = cli(redis.port, &["--scan", "--pattern", &format!("{prefix}rl:*")]);
+    let keys = cli(
+        redis.port,
+        &["--scan", "--pattern", &format!("{prefix}rl:*")],
+    );
     assert!(
         !keys.contains("spiffe"),
         "the subject appears in a key: {keys}"
@@ -215,7 +222,9 @@ async fn redis_down_fails_open_to_the_replica_limit() {
 /// A client whose connections come from `ip` (a loopback alias), trusting the test CA.
 fn client_from(srv: &Server, ip: &str) -> reqwest::Client {
     reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(srv.env.pki.ca_pem.as_bytes()).unwrap())
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(srv.env.pki.ca_pem.as_bytes()).unwrap(),
+        )
         .local_address(ip.parse::<IpAddr>().unwrap())
         .build()
         .unwrap()
@@ -268,7 +277,9 @@ async fn failed_auth_per_address_refuses_the_eleventh_attempt_even_with_the_righ
     assert_rate_limited_audit(&srv, &r, "admin.revocations.list", "failed_auth");
     // /token is not behind this limit.
     assert_eq!(
-        srv.exchange(&srv.svid(PAYMENTS, 600), LEDGER, None).await.status,
+        srv.exchange(&srv.svid(PAYMENTS, 600), LEDGER, None)
+            .await
+            .status,
         200
     );
 

@@ -131,9 +131,9 @@
 //! inventory entry, so call it rarely (say hourly).
 
 use super::{
-    AuditFilter, AuditTail, IssuedToken, LiftOutcome, NewRevocation, Page, PageRequest,
-    GcraLimit, ReplayGuard, RevocationKind, RevocationRecord, RevocationStore, SharedRateLimit,
-    StoreError, StoredAuditEvent, TokenFilter, TokenInventory, TokenRef, check_once_key,
+    AuditFilter, AuditTail, GcraLimit, IssuedToken, LiftOutcome, NewRevocation, Page, PageRequest,
+    ReplayGuard, RevocationKind, RevocationRecord, RevocationStore, SharedRateLimit, StoreError,
+    StoredAuditEvent, TokenFilter, TokenInventory, TokenRef, check_once_key,
 };
 use crate::clock::UnixSeconds;
 use crate::jose::{hex, sha256};

@@ -258,7 +258,11 @@ mod tests {
         );
         assert_eq!(l.check("b").await, Verdict::Allowed, "another identity");
         clock.advance(1);
-        assert_eq!(l.check("a").await, Verdict::Allowed, "refilled 2 per second");
+        assert_eq!(
+            l.check("a").await,
+            Verdict::Allowed,
+            "refilled 2 per second"
+        );
         assert_eq!(l.check("a").await, Verdict::Allowed);
         assert!(matches!(l.check("a").await, Verdict::Refused(_)));
     }
@@ -346,7 +350,10 @@ mod tests {
         let l = FailedAuthLimiter::new(Rate::parse("1/m").unwrap());
         let now = 1_000;
         l.record_failure("2001:db8:1:2::1".parse().unwrap(), now);
-        assert!(l.check("2001:db8:1:2:ffff::9".parse().unwrap(), now).is_err());
+        assert!(
+            l.check("2001:db8:1:2:ffff::9".parse().unwrap(), now)
+                .is_err()
+        );
         assert!(l.check("2001:db8:1:3::1".parse().unwrap(), now).is_ok());
         l.record_failure("::ffff:192.0.2.7".parse().unwrap(), now);
         assert!(l.check("192.0.2.7".parse().unwrap(), now).is_err());

@@ -434,7 +434,11 @@ impl Service {
 
     /// Counts a failed client authentication (credentials presented and rejected) of
     /// the caller's address; a success or a missing credential counts nothing.
-    pub(crate) fn note_auth_result<T>(&self, ctx: &RequestContext, result: &Result<T, ServiceError>) {
+    pub(crate) fn note_auth_result<T>(
+        &self,
+        ctx: &RequestContext,
+        result: &Result<T, ServiceError>,
+    ) {
         if let (Some(limiter), Some(addr), Err(ServiceError::InvalidClient(_))) =
             (&self.failed_auth, ctx.remote_addr, result)
             && !limiter.record_failure(addr.ip(), self.clock.now_millis())
