@@ -356,3 +356,49 @@ async fn failed_auth_limit_off_counts_nothing() {
     assert_eq!(r.status, 200, "{}", r.text);
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn shared_limit_is_atomic_across_store_clients() {
+    use tessera::revocation::redis::{RedisConfig, RedisStore};
+    use tessera::revocation::{GcraLimit, SharedRateLimit};
+    if !available("shared_limit_is_atomic_across_store_clients") {
+        return;
+    }
+    let redis = RedisServer::start();
+    // Two clients stand for two replicas; 2 x 40 concurrent takes at one instant.
+    let a = RedisStore::connect(RedisConfig::new(redis.url()))
+        .await
+        .unwrap();
+    let b = RedisStore::connect(RedisConfig::new(redis.url()))
+        .await
+        .unwrap();
+    let limit = GcraLimit {
+        interval_micros: 60_000_000,
+        burst: 10,
+    };
+    let now_ms = SystemClock.now() * 1000;
+    let takes = (0..80).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move { store.take(PAYMENTS, limit, now_ms).await.unwrap() }
+    });
+    let results = futures_util::future::join_all(takes).await;
+    let allowed = results.iter().filter(|r| r.is_none()).count();
+    assert_eq!(allowed, 10, "exactly the burst conforms: {results:?}");
+    // Refusals name the wait until the next event: one interval, in milliseconds.
+    assert!(
+        results.iter().flatten().all(|ms| *ms == 60_000),
+        "{results:?}"
+    );
+    // Another subject has its own allowance; time refills one event per interval.
+    assert_eq!(a.take(PAYMENTS_WORKER, limit, now_ms).await.unwrap(), None);
+    assert_eq!(
+        b.take(PAYMENTS, limit, now_ms + 60_000).await.unwrap(),
+        None
+    );
+    assert!(
+        a.take(PAYMENTS, limit, now_ms + 60_000)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
