@@ -1,5 +1,5 @@
-//! Revocation store, token inventory and audit tail: the state every replica must
-//! share. Backends: `embedded` (redb, one process) and `redis` (shared by every replica). Imports only
+//! Revocation store, token inventory, audit tail, one-time marks and the shared rate
+//! limit: the state every replica must share. Backends: `embedded` (redb, one process) and `redis` (shared by every replica). Imports only
 //! `domain` and `clock`; the service layer talks to the traits, never a backend.
 //!
 //! Semantics (contract §3, §6):

@@ -1,5 +1,5 @@
-//! Redis backend of [`RevocationStore`], [`TokenInventory`], [`AuditTail`] and
-//! [`ReplayGuard`]: the one
+//! Redis backend of [`RevocationStore`], [`TokenInventory`], [`AuditTail`],
+//! [`ReplayGuard`] and [`SharedRateLimit`]: the one
 //! list every replica shares (contract §6). The only module that names the `redis`
 //! crate; it imports only `clock`, `jose` (SHA-256, hex) and the revocation types.
 //!
