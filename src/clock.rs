@@ -9,6 +9,11 @@ pub type UnixSeconds = i64;
 
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> UnixSeconds;
+    /// Milliseconds since the Unix epoch, for rate limits that refill within a second.
+    /// Clocks without sub-second resolution (the manual clock) use whole seconds.
+    fn now_millis(&self) -> i64 {
+        self.now().saturating_mul(1000)
+    }
 }
 
 pub type SharedClock = Arc<dyn Clock>;
@@ -21,6 +26,14 @@ impl Clock for SystemClock {
     fn now(&self) -> UnixSeconds {
         match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
             Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(_) => 0,
+        }
+    }
+
+    #[allow(clippy::disallowed_methods)] // the one sanctioned read of the wall clock
+    fn now_millis(&self) -> i64 {
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
             Err(_) => 0,
         }
     }

@@ -162,6 +162,8 @@ pub struct StaticClientSection {
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
     pub per_identity: Option<String>,
+    /// Failed client authentications per remote address; `"off"` disables.
+    pub failed_auth_per_address: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -213,8 +215,11 @@ pub struct Settings {
     pub svid_workload_api: Option<String>,
     pub introspection_allowed: Vec<SpiffePattern>,
     pub introspection_clients: Vec<StaticClient>,
-    /// Token requests per second per subject (burst = 2x).
-    pub per_identity_limit: Option<u32>,
+    /// Token requests per subject (burst = 2x the count).
+    pub per_identity_limit: Option<Rate>,
+    /// Failed client authentications per remote address on `/introspect`, `/revoke` and
+    /// the admin API (burst = the count); `None` when `"off"`.
+    pub failed_auth_limit: Option<Rate>,
     pub audit_file: Option<PathBuf>,
     pub dev_mode: bool,
     /// `[[oidc_issuer]]` entries, in file order.
@@ -407,21 +412,75 @@ fn patterns(key: &str, list: &[String]) -> Result<Vec<SpiffePattern>, ConfigErro
         .collect()
 }
 
-/// Parses a rate like `"50/s"` or `"600/m"` into requests per second (at least 1).
-pub fn parse_rate(s: &str) -> Result<u32, String> {
-    let bad = || format!("{s:?} is not a rate; write e.g. \"50/s\" or \"600/m\"");
-    let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
-    let n: u32 = n.trim().parse().map_err(|_| bad())?;
-    let per_sec = match unit.trim() {
-        "s" => n,
-        "m" => n.div_ceil(60),
-        "h" => n.div_ceil(3600),
-        _ => return Err(bad()),
-    };
-    if n == 0 {
-        return Err(format!("{s:?}: the rate must be above zero"));
+/// A rate limit from the configuration: `count` events per `period_secs`, written
+/// `"N/s"`, `"N/m"` or `"N/h"`. Parsed once at start-up (contract §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    count: u32,
+    period_secs: u32,
+}
+
+/// The default of `[limits] failed_auth_per_address`.
+pub const DEFAULT_FAILED_AUTH_LIMIT: &str = "10/m";
+
+impl Rate {
+    /// Largest `N`: keeps the burst (2N) and the per-event interval well inside range.
+    pub const MAX_COUNT: u32 = 1_000_000;
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not a rate; write N/s or N/m with N a whole number, e.g. \"50/s\" or \"10/m\""
+            )
+        };
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        let period_secs = match unit.trim() {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => return Err(bad()),
+        };
+        if count == 0 || count > Self::MAX_COUNT {
+            return Err(format!(
+                "{s:?}: N must be between 1 and {}; to switch the limit off, remove the key",
+                Self::MAX_COUNT
+            ));
+        }
+        Ok(Self { count, period_secs })
     }
-    Ok(per_sec.max(1))
+
+    /// `count` per second (tests and the dev server).
+    pub fn per_second(count: u32) -> Self {
+        Self {
+            count: count.clamp(1, Self::MAX_COUNT),
+            period_secs: 1,
+        }
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    pub fn period_secs(&self) -> u32 {
+        self.period_secs
+    }
+
+    /// Time between two events at the steady rate, in microseconds (at least 1).
+    pub fn interval_micros(&self) -> u64 {
+        (u64::from(self.period_secs) * 1_000_000 / u64::from(self.count)).max(1)
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.period_secs {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
 }
 
 /// One `[[oidc_issuer]]` (contract §4). `global_leeway` is `[tokens] leeway`.
@@ -809,8 +868,21 @@ impl FileConfig {
             });
         }
         let per_identity_limit = match &self.limits.per_identity {
-            Some(s) => Some(parse_rate(s).map_err(|e| key_err("limits.per_identity", e))?),
+            Some(s) => Some(Rate::parse(s).map_err(|e| key_err("limits.per_identity", e))?),
             None => None,
+        };
+        // Default on: brute force of introspection secrets needs no configuration to be
+        // slowed down. "off" is explicit so a typo cannot disable it.
+        let failed_auth_limit = match self.limits.failed_auth_per_address.as_deref() {
+            Some("off") => None,
+            other => Some(
+                Rate::parse(other.unwrap_or(DEFAULT_FAILED_AUTH_LIMIT)).map_err(|e| {
+                    key_err(
+                        "limits.failed_auth_per_address",
+                        format!("{e}; or \"off\" to disable"),
+                    )
+                })?,
+            ),
         };
         let accept_audiences = if self.tokens.accept_audiences.is_empty() {
             vec![issuer.clone()]
@@ -842,6 +914,7 @@ impl FileConfig {
             introspection_allowed: patterns("introspection.allowed", &self.introspection.allowed)?,
             introspection_clients,
             per_identity_limit,
+            failed_auth_limit,
             audit_file: self.audit.file.map(resolve),
             dev_mode: false,
             oidc_issuers,
@@ -1088,10 +1161,67 @@ path = "store.redb"
     }
 
     #[test]
-    fn rates() {
-        assert_eq!(parse_rate("50/s"), Ok(50));
-        assert_eq!(parse_rate("600/m"), Ok(10));
-        assert!(parse_rate("0/s").is_err());
-        assert!(parse_rate("50").is_err());
+    fn rates_parse_once_into_count_and_period() {
+        // (input, count, period_secs, interval in µs, rendered)
+        let good = [
+            ("50/s", 50, 1, 20_000, "50/s"),
+            (" 10 / m ", 10, 60, 6_000_000, "10/m"),
+            ("600/m", 600, 60, 100_000, "600/m"),
+            ("1/h", 1, 3600, 3_600_000_000, "1/h"),
+            ("1000000/s", 1_000_000, 1, 1, "1000000/s"),
+        ];
+        for (text, count, period, interval, shown) in good {
+            let r = Rate::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!((r.count(), r.period_secs()), (count, period), "{text}");
+            assert_eq!(r.interval_micros(), interval, "{text}");
+            assert_eq!(r.to_string(), shown, "{text}");
+        }
+        // (name, input, what the message must say)
+        let bad = [
+            ("zero", "0/s", "between 1 and"),
+            ("too large", "1000001/s", "between 1 and"),
+            ("no unit", "50", "N/s or N/m"),
+            ("unknown unit", "50/d", "N/s or N/m"),
+            ("negative", "-5/s", "N/s or N/m"),
+            ("fraction", "2.5/s", "N/s or N/m"),
+            ("empty", "", "N/s or N/m"),
+            ("word", "fast", "N/s or N/m"),
+        ];
+        for (name, text, want) in bad {
+            let e = Rate::parse(text).unwrap_err();
+            assert!(e.contains(want), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn limits_section_defaults_and_errors() {
+        let s = validate(MINIMAL, &[]).unwrap();
+        assert_eq!(s.per_identity_limit, None, "per_identity is off unless set");
+        assert_eq!(
+            s.failed_auth_limit,
+            Some(Rate::parse("10/m").unwrap()),
+            "failed_auth_per_address defaults to 10/m"
+        );
+        let s = validate(
+            MINIMAL,
+            &[
+                ("TESSERA_LIMITS__PER_IDENTITY", "50/s"),
+                ("TESSERA_LIMITS__FAILED_AUTH_PER_ADDRESS", "off"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.per_identity_limit, Some(Rate::per_second(50)));
+        assert_eq!(s.failed_auth_limit, None);
+        let err = validate(
+            MINIMAL,
+            &[("TESSERA_LIMITS__FAILED_AUTH_PER_ADDRESS", "Off")],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("limits.failed_auth_per_address") && err.contains("\"off\""),
+            "{err}"
+        );
+        let err = validate(MINIMAL, &[("TESSERA_LIMITS__PER_IDENTITY", "0/m")]).unwrap_err();
+        assert!(err.contains("limits.per_identity"), "{err}");
     }
 }

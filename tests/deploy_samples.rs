@@ -39,7 +39,10 @@ fn production_sample_config_validates() {
             .secret_hash
             .starts_with("$argon2id$")
     );
-    assert_eq!(s.per_identity_limit, Some(50));
+    assert_eq!(
+        s.per_identity_limit.map(|r| r.to_string()).as_deref(),
+        Some("50/s")
+    );
     assert_eq!(
         s.audit_file.as_deref(),
         Some(Path::new("/var/log/tessera/audit.jsonl"))

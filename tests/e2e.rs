@@ -574,7 +574,7 @@ async fn token_invalid_target_and_invalid_scope() {
 #[tokio::test]
 async fn token_slow_down_per_identity() {
     let mut env = Env::new();
-    env.settings.per_identity_limit = Some(1);
+    env.settings.per_identity_limit = Some(tessera::config::Rate::per_second(1));
     let srv = env.start().await;
     let svid = srv.svid(PAYMENTS, 600);
     for _ in 0..2 {

@@ -127,6 +127,8 @@ pub fn prepare(dir: &Path, public: SocketAddr, admin: SocketAddr) -> Result<Sett
         introspection_allowed: vec![pattern("spiffe://dev.local/**")?],
         introspection_clients: Vec::new(),
         per_identity_limit: None,
+        failed_auth_limit: crate::config::Rate::parse(crate::config::DEFAULT_FAILED_AUTH_LIMIT)
+            .ok(),
         audit_file: None,
         dev_mode: true,
         oidc_issuers: Vec::new(),

@@ -22,7 +22,7 @@ use crate::policy::CompiledPolicy;
 use crate::revocation::embedded::EmbeddedStore;
 use crate::revocation::redis::{RedisConfig, RedisStore};
 use crate::revocation::{
-    AuditTail, Backend, ReplayGuard, RevocationStore, StoreError, TokenInventory,
+    AuditTail, Backend, ReplayGuard, RevocationStore, SharedRateLimit, StoreError, TokenInventory,
 };
 use crate::service::{Service, ServiceParts};
 use crate::workload::WorkloadApiSource;
@@ -106,8 +106,15 @@ pub async fn build_service(
             .map_err(|e| AppError::Keys(e.to_string()))?,
     );
     let oidc = build_oidc(&settings, &clock)?;
+    // With Redis, `[limits] per_identity` is shared by every replica; the embedded
+    // store keeps it per process.
+    let mut shared_rate_limit: Option<Arc<dyn SharedRateLimit>> = None;
     let (revocations, inventory, audit_tail, replay) = match &settings.redis {
-        Some(r) => split(Arc::new(connect_redis(r).await?)),
+        Some(r) => {
+            let store = Arc::new(connect_redis(r).await?);
+            shared_rate_limit = Some(store.clone());
+            split(store)
+        }
         None => split(Arc::new(
             EmbeddedStore::open(&settings.store_path)
                 .map_err(|e| AppError::Store(e.to_string()))?,
@@ -139,6 +146,7 @@ pub async fn build_service(
         policy,
         admin_token_sha256,
         server_cert,
+        shared_rate_limit,
         settings,
     }))
 }

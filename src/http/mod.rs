@@ -428,8 +428,8 @@ async fn admin_revoke(
         Err(resp) => return audit_refusal(&svc, &i.ctx, "admin.revoke", resp),
     };
     // Authenticate before parsing, so an anonymous caller learns nothing from errors.
-    if let Err(e) = svc.admin_authorized(&i.creds) {
-        return audit_refusal(&svc, &i.ctx, "admin.revoke", ApiError(e).into_response());
+    if let Err(e) = svc.admin_preflight(&i.ctx, &i.creds, "admin.revoke") {
+        return ApiError(e).into_response();
     }
     let req: RevocationRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

@@ -1,5 +1,5 @@
-//! Revocation store, token inventory and audit tail: the state every replica must
-//! share. Backends: `embedded` (redb, one process) and `redis` (shared by every replica). Imports only
+//! Revocation store, token inventory, audit tail, one-time marks and the shared rate
+//! limit: the state every replica must share. Backends: `embedded` (redb, one process) and `redis` (shared by every replica). Imports only
 //! `domain` and `clock`; the service layer talks to the traits, never a backend.
 //!
 //! Semantics (contract §3, §6):
@@ -231,6 +231,30 @@ pub trait ReplayGuard: Send + Sync + 'static {
         expires_at: UnixSeconds,
         now: UnixSeconds,
     ) -> Result<bool, StoreError>;
+}
+
+/// GCRA parameters of a shared rate limit: one event per `interval_micros` on average,
+/// at most `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraLimit {
+    pub interval_micros: u64,
+    pub burst: u32,
+}
+
+/// A rate limit that every replica sharing the store enforces together (`[limits]
+/// per_identity` with the Redis backend; contract §6 `rl:{hex sha256(subject)}`).
+#[async_trait]
+pub trait SharedRateLimit: Send + Sync + 'static {
+    /// Takes one event of `subject`'s allowance at `now_millis` (the caller's clock, not
+    /// the store's). `Ok(None)`: it conforms and was counted. `Ok(Some(ms))`: refused,
+    /// and the next event conforms in `ms` milliseconds (at least 1); nothing counted.
+    /// Atomic: concurrent callers on any replica never together exceed the burst.
+    async fn take(
+        &self,
+        subject: &str,
+        limit: GcraLimit,
+        now_millis: i64,
+    ) -> Result<Option<u64>, StoreError>;
 }
 
 /// Longest [`ReplayGuard`] key: a prefix and a hex SHA-256 fit with room to spare.

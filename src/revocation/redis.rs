@@ -1,5 +1,5 @@
-//! Redis backend of [`RevocationStore`], [`TokenInventory`], [`AuditTail`] and
-//! [`ReplayGuard`]: the one
+//! Redis backend of [`RevocationStore`], [`TokenInventory`], [`AuditTail`],
+//! [`ReplayGuard`] and [`SharedRateLimit`]: the one
 //! list every replica shares (contract §6). The only module that names the `redis`
 //! crate; it imports only `clock`, `jose` (SHA-256, hex) and the revocation types.
 //!
@@ -29,6 +29,7 @@
 //! | `tok:<jti>` | hash: `sub aud [scope] kid iat exp` | `exp` |
 //! | `audit` | stream (`ts outcome [subject] json`), `MAXLEN ~ 10000` | — |
 //! | `once:<key>` | string `1`: a one-time subject token was used | `expires_at` |
+//! | `rl:<hex sha256(subject)>` | string: GCRA theoretical arrival time, unix µs | `PX` until that time |
 //!
 //! The `{…}` in the contract's table are placeholders: keys are written without braces.
 //! In Cluster mode braces would be hash tags; without them every key hashes whole, so
@@ -67,6 +68,18 @@
 //! in a failover would let the token be exchanged again. When the `WAIT` falls short
 //! the call fails although the master kept the mark, so a retry is refused as a
 //! replay: that fails closed. Marks expire by themselves; `purge_expired` leaves them.
+//!
+//! # Shared rate limit
+//!
+//! `take` ([`SharedRateLimit`]) is one `EVAL` of [`GCRA_TAKE`] on the single key
+//! `rl:<hex sha256(subject)>`: the generic cell rate algorithm keeps one number per
+//! subject, the theoretical arrival time (TAT). A request at `now` conforms when
+//! `now >= TAT - interval * (burst - 1)`; then TAT becomes `max(TAT, now) + interval`.
+//! The script judges by the caller's `now` (the injected clock), like every reader
+//! here, and sets `PX` to when the TAT passes: after that the key would read as a full
+//! bucket, so it may go. Redis runs the script atomically, so replicas sharing Redis
+//! never let more than the burst through together. No `WAIT`: a limit state lost in a
+//! failover only grants one fresh burst.
 //!
 //! # One round trip for `is_revoked`, also in Cluster mode
 //!
@@ -118,9 +131,9 @@
 //! inventory entry, so call it rarely (say hourly).
 
 use super::{
-    AuditFilter, AuditTail, IssuedToken, LiftOutcome, NewRevocation, Page, PageRequest,
-    ReplayGuard, RevocationKind, RevocationRecord, RevocationStore, StoreError, StoredAuditEvent,
-    TokenFilter, TokenInventory, TokenRef, check_once_key,
+    AuditFilter, AuditTail, GcraLimit, IssuedToken, LiftOutcome, NewRevocation, Page, PageRequest,
+    ReplayGuard, RevocationKind, RevocationRecord, RevocationStore, SharedRateLimit, StoreError,
+    StoredAuditEvent, TokenFilter, TokenInventory, TokenRef, check_once_key,
 };
 use crate::clock::UnixSeconds;
 use crate::jose::{hex, sha256};
@@ -644,6 +657,9 @@ impl Keys {
     fn once(&self, key: &str) -> String {
         format!("{}once:{key}", self.prefix)
     }
+    fn rl(&self, subject: &str) -> String {
+        format!("{}rl:{}", self.prefix, hex(&sha256(subject.as_bytes())))
+    }
 }
 
 fn glob_escape(s: &str) -> String {
@@ -703,6 +719,22 @@ local e = redis.call('EXPIRETIME', KEYS[1])
 if e == -1 or (e ~= -2 and e > tonumber(ARGV[2])) then return 0 end
 redis.call('SET', KEYS[1], '1', 'EXAT', ARGV[1])
 return 1
+";
+
+/// GCRA on KEYS[1] (a TAT in unix µs). ARGV: now (µs), interval (µs), burst. Returns 0
+/// when the event conforms (and counts it), else the milliseconds until one would.
+/// Numbers are Lua doubles: µs since 1970 stay below 2^53 for centuries.
+const GCRA_TAKE: &str = r"
+local now = tonumber(ARGV[1])
+local t = tonumber(ARGV[2])
+local tau = t * (tonumber(ARGV[3]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1]) or now
+if tat < now then tat = now end
+local allow_at = tat - tau
+if now < allow_at then return math.ceil((allow_at - now) / 1000) end
+local nt = tat + t
+redis.call('SET', KEYS[1], string.format('%.0f', nt), 'PX', math.ceil((nt - now) / 1000))
+return 0
 ";
 
 /// `EVAL` of [`DELETE_IF_HOLDS`]; routed by its one key, so it can sit in a pipeline.
@@ -1915,6 +1947,31 @@ impl ReplayGuard for RedisStore {
 }
 
 #[async_trait]
+impl SharedRateLimit for RedisStore {
+    async fn take(
+        &self,
+        subject: &str,
+        limit: GcraLimit,
+        now_millis: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut p = Pipeline::new();
+        p.cmd("EVAL")
+            .arg(GCRA_TAKE)
+            .arg(1)
+            .arg(self.inner.keys.rl(subject))
+            .arg(now_millis.max(0).saturating_mul(1000))
+            .arg(limit.interval_micros.max(1))
+            .arg(limit.burst.max(1));
+        let reply = self.pipe(self.inner.timeout, p).await?;
+        let wait_ms = match reply.first() {
+            Some(v) => int(v)?,
+            None => return Err(StoreError::Corrupt("EVAL gave no reply".to_owned())),
+        };
+        Ok(u64::try_from(wait_ms).ok().filter(|ms| *ms > 0))
+    }
+}
+
+#[async_trait]
 impl AuditTail for RedisStore {
     async fn append_audit(&self, event: &StoredAuditEvent) -> Result<(), StoreError> {
         let mut p = Pipeline::new();
@@ -2071,6 +2128,10 @@ mod tests {
         assert_eq!(k.tok("j"), "tessera:tok:j");
         assert_eq!(k.audit(), "tessera:audit");
         assert_eq!(k.once("ab12"), "tessera:once:ab12");
+        assert_eq!(
+            k.rl("spiffe://example.org/w"),
+            format!("tessera:rl:{}", hex(&sha256(b"spiffe://example.org/w")))
+        );
         assert_eq!(k.tok_jti("tessera:tok:j"), Some("j"));
         let odd = Keys {
             prefix: "a*[b]?:".to_owned(),

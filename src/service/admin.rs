@@ -90,14 +90,19 @@ impl Service {
         }
     }
 
-    /// Opens the audit event of an admin call and authenticates the caller.
+    /// Opens the audit event of an admin call and authenticates the caller, unless its
+    /// address used up its failed authentications.
     fn admin_begin(
         &self,
+        ctx: &RequestContext,
         creds: &CallerCredentials,
         event: &'static str,
     ) -> (AuditEvent, Result<String, ServiceError>) {
         let mut ev = AuditEvent::begin(event, self.now());
-        let auth = self.authenticate_admin(creds);
+        let auth = self
+            .failed_auth_gate(ctx, &mut ev)
+            .and_then(|()| self.authenticate_admin(creds));
+        self.note_auth_result(ctx, &auth);
         if let Ok(actor) = &auth {
             ev.subject = Some(actor.clone());
         }
@@ -110,7 +115,7 @@ impl Service {
         creds: &CallerCredentials,
         req: RevocationRequest,
     ) -> Result<RevocationRecord, ServiceError> {
-        let (mut ev, auth) = self.admin_begin(creds, "admin.revoke");
+        let (mut ev, auth) = self.admin_begin(ctx, creds, "admin.revoke");
         let result = match auth {
             Ok(actor) => self.admin_revoke_inner(actor, &mut ev, req).await,
             Err(e) => Err(e),
@@ -215,7 +220,7 @@ impl Service {
         kind: Option<&str>,
         page: PageRequest,
     ) -> Result<Page<RevocationRecord>, ServiceError> {
-        let (ev, auth) = self.admin_begin(creds, "admin.revocations.list");
+        let (ev, auth) = self.admin_begin(ctx, creds, "admin.revocations.list");
         let result = async {
             auth?;
             let kind = match kind.filter(|k| !k.is_empty()) {
@@ -239,7 +244,7 @@ impl Service {
         creds: &CallerCredentials,
         id: &str,
     ) -> Result<(), ServiceError> {
-        let (mut ev, auth) = self.admin_begin(creds, "admin.revocation.lift");
+        let (mut ev, auth) = self.admin_begin(ctx, creds, "admin.revocation.lift");
         ev.reason = Some(format!("lift {}", id.chars().take(64).collect::<String>()));
         let result = async {
             auth?;
@@ -303,7 +308,7 @@ impl Service {
         filter: TokenFilter,
         page: PageRequest,
     ) -> Result<Page<IssuedToken>, ServiceError> {
-        let (ev, auth) = self.admin_begin(creds, "admin.tokens.list");
+        let (ev, auth) = self.admin_begin(ctx, creds, "admin.tokens.list");
         let result = async {
             auth?;
             self.inventory
@@ -320,7 +325,7 @@ impl Service {
         ctx: &RequestContext,
         creds: &CallerCredentials,
     ) -> Result<Vec<KeyInfo>, ServiceError> {
-        let (ev, auth) = self.admin_begin(creds, "keys.rotated");
+        let (ev, auth) = self.admin_begin(ctx, creds, "keys.rotated");
         let result = auth.and_then(|_| {
             self.minter
                 .keys()
@@ -336,7 +341,7 @@ impl Service {
         ctx: &RequestContext,
         creds: &CallerCredentials,
     ) -> Result<ReloadOutcome, ServiceError> {
-        let (mut ev, auth) = self.admin_begin(creds, "policy.reloaded");
+        let (mut ev, auth) = self.admin_begin(ctx, creds, "policy.reloaded");
         let result = auth.and_then(|_| self.reload().map_err(ServiceError::InvalidRequest));
         if let Ok(o) = &result
             && !o.bundles_failed.is_empty()
@@ -390,7 +395,7 @@ impl Service {
         limit: Option<usize>,
     ) -> Result<Vec<StoredAuditEvent>, ServiceError> {
         let limit = limit.unwrap_or(100).clamp(1, MAX_PAGE);
-        let (ev, auth) = self.admin_begin(creds, "admin.audit.query");
+        let (ev, auth) = self.admin_begin(ctx, creds, "admin.audit.query");
         let result = async {
             auth?;
             self.audit_tail
@@ -400,6 +405,22 @@ impl Service {
         }
         .await;
         self.finish(ctx, ev, result)
+    }
+
+    /// Authenticates an admin call before its body is parsed (`POST
+    /// /admin/v1/revocations`). A refusal is audited here as `event`; a success is
+    /// audited by the call itself.
+    pub fn admin_preflight(
+        &self,
+        ctx: &RequestContext,
+        creds: &CallerCredentials,
+        event: &'static str,
+    ) -> Result<(), ServiceError> {
+        let (ev, auth) = self.admin_begin(ctx, creds, event);
+        match auth {
+            Ok(_) => Ok(()),
+            Err(e) => self.finish(ctx, ev, Err(e)),
+        }
     }
 
     /// `/metrics` auth when `admin.metrics_auth` is set.

@@ -2,6 +2,7 @@
 //! client assertion. Path: parse → attest → rate limit → quarantine → policy → mint →
 //! inventory → audit.
 
+use super::limiter::Verdict;
 use super::{CallerCredentials, Params, RequestContext, Service, ServiceError};
 use crate::attest::{OneTimeUse, verify_subject_token};
 use crate::audit::AuditEvent;
@@ -184,10 +185,29 @@ impl Service {
         };
         let actor_id: Option<&SpiffeId> = actor.as_ref().and_then(VerifiedIdentity::spiffe_id);
 
-        if let Some(limiter) = &self.limiter
-            && let Err(retry_after) = limiter.check(&subject, now)
-        {
-            return Err(ServiceError::SlowDown { retry_after });
+        if let Some(limiter) = &self.limiter {
+            let refused = match limiter.check(&subject).await {
+                Verdict::Allowed => None,
+                Verdict::Refused(r) => Some(r),
+                Verdict::LocalFallback(r) => {
+                    // Fail open to this replica's own limit: issuance goes on while the
+                    // store is down (contract §6), and is still limited per replica.
+                    self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .rate_limit_fallbacks
+                        .fetch_add(1, Ordering::Relaxed);
+                    r
+                }
+            };
+            if let Some(r) = refused {
+                self.counters
+                    .rate_limited_per_identity
+                    .fetch_add(1, Ordering::Relaxed);
+                ev.reason = Some("rate_limited: per_identity".to_owned());
+                return Err(ServiceError::SlowDown {
+                    retry_after: r.retry_after_secs,
+                });
+            }
         }
         let policy = self.policy();
         let access = AccessRequest {

@@ -100,7 +100,12 @@ impl Service {
         creds: &CallerCredentials,
     ) -> Result<IntrospectionResponse, ServiceError> {
         let mut ev = AuditEvent::begin("token.introspected", self.now());
-        let result = self.introspect_inner(&mut ev, params, creds).await;
+        let result = match self.failed_auth_gate(ctx, &mut ev) {
+            Ok(()) => self.introspect_inner(&mut ev, params, creds).await,
+            Err(e) => Err(e),
+        };
+        // Only the caller authentication answers invalid_client here.
+        self.note_auth_result(ctx, &result);
         self.finish(ctx, ev, result)
     }
 
@@ -169,7 +174,12 @@ impl Service {
         creds: &CallerCredentials,
     ) -> Result<(), ServiceError> {
         let mut ev = AuditEvent::begin("token.revoked", self.now());
-        let result = self.revoke_inner(&mut ev, params, creds).await;
+        let result = match self.failed_auth_gate(ctx, &mut ev) {
+            Ok(()) => self.revoke_inner(&mut ev, params, creds).await,
+            Err(e) => Err(e),
+        };
+        // Only the caller authentication answers invalid_client here.
+        self.note_auth_result(ctx, &result);
         self.finish(ctx, ev, result)
     }
 

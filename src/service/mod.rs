@@ -19,7 +19,7 @@ use crate::jose;
 use crate::mint::Minter;
 use crate::policy::{CompiledPolicy, SpiffePattern};
 use crate::revocation::{
-    AuditTail, ReplayGuard, RevocationStore, StoredAuditEvent, TokenInventory,
+    AuditTail, ReplayGuard, RevocationStore, SharedRateLimit, StoredAuditEvent, TokenInventory,
 };
 use arc_swap::ArcSwap;
 use rustls_pki_types::CertificateDer;
@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 
-pub use limiter::RateLimiter;
+pub use limiter::{FailedAuthLimiter, IdentityLimiter};
 
 /// RFC 8693 / RFC 7523-style client assertion type of the OAuth SPIFFE draft.
 pub const JWT_SPIFFE_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe";
@@ -177,6 +177,12 @@ pub struct Counters {
     pub store_errors: AtomicU64,
     pub audit_dropped: AtomicU64,
     pub inventory_write_failures: AtomicU64,
+    /// Token requests refused by `[limits] per_identity`.
+    pub rate_limited_per_identity: AtomicU64,
+    /// Requests refused by `[limits] failed_auth_per_address`.
+    pub rate_limited_failed_auth: AtomicU64,
+    /// Token requests the local limiter judged because the shared one was unreachable.
+    pub rate_limit_fallbacks: AtomicU64,
 }
 
 /// State that `POST /admin/v1/policy/reload` swaps atomically.
@@ -204,7 +210,8 @@ pub struct Service {
     pub(crate) reloadable: ArcSwap<Reloadable>,
     pub(crate) audit_sink: Arc<dyn AuditSink>,
     audit_tx: mpsc::Sender<StoredAuditEvent>,
-    pub(crate) limiter: Option<RateLimiter>,
+    pub(crate) limiter: Option<IdentityLimiter>,
+    pub(crate) failed_auth: Option<FailedAuthLimiter>,
     pub counters: Counters,
     pub(crate) server_cert: Option<ServerCertResolver>,
 }
@@ -228,6 +235,8 @@ pub struct ServiceParts {
     pub admin_token_sha256: Option<String>,
     /// The listeners' certificate from the Workload API (`[spiffe] workload_api`).
     pub server_cert: Option<ServerCertResolver>,
+    /// The store's shared rate limit (Redis); `None` keeps `per_identity` per replica.
+    pub shared_rate_limit: Option<Arc<dyn SharedRateLimit>>,
 }
 
 /// Audit events for the store's tail are written by one task, off the request path.
@@ -242,7 +251,11 @@ impl Service {
             p.settings.accept_audiences.clone(),
             p.settings.leeway,
         );
-        let limiter = p.settings.per_identity_limit.map(RateLimiter::new);
+        let limiter = p
+            .settings
+            .per_identity_limit
+            .map(|rate| IdentityLimiter::new(rate, p.clock.clone(), p.shared_rate_limit.clone()));
+        let failed_auth = p.settings.failed_auth_limit.map(FailedAuthLimiter::new);
         let x509_svids = X509SvidVerifier::new(p.trust.clone());
         let svc = Arc::new(Self {
             jwt_svids,
@@ -263,6 +276,7 @@ impl Service {
             audit_sink: p.audit_sink,
             audit_tx,
             limiter,
+            failed_auth,
             counters: Counters::default(),
             clock: p.clock,
             settings: p.settings,
@@ -395,6 +409,44 @@ impl Service {
         }))
     }
 
+    /// `[limits] failed_auth_per_address`: refuses a caller whose address used up its
+    /// failed authentications, before any argon2id or signature work.
+    pub(crate) fn failed_auth_gate(
+        &self,
+        ctx: &RequestContext,
+        ev: &mut AuditEvent,
+    ) -> Result<(), ServiceError> {
+        let (Some(limiter), Some(addr)) = (&self.failed_auth, ctx.remote_addr) else {
+            return Ok(());
+        };
+        limiter
+            .check(addr.ip(), self.clock.now_millis())
+            .map_err(|refused| {
+                self.counters
+                    .rate_limited_failed_auth
+                    .fetch_add(1, Ordering::Relaxed);
+                ev.reason = Some("rate_limited: failed_auth".to_owned());
+                ServiceError::SlowDown {
+                    retry_after: refused.retry_after_secs,
+                }
+            })
+    }
+
+    /// Counts a failed client authentication (credentials presented and rejected) of
+    /// the caller's address; a success or a missing credential counts nothing.
+    pub(crate) fn note_auth_result<T>(
+        &self,
+        ctx: &RequestContext,
+        result: &Result<T, ServiceError>,
+    ) {
+        if let (Some(limiter), Some(addr), Err(ServiceError::InvalidClient(_))) =
+            (&self.failed_auth, ctx.remote_addr, result)
+            && !limiter.record_failure(addr.ip(), self.clock.now_millis())
+        {
+            tracing::warn!("failed-authentication table full; this address is not counted");
+        }
+    }
+
     pub fn policy(&self) -> arc_swap::Guard<Arc<Reloadable>> {
         self.reloadable.load()
     }
@@ -483,6 +535,20 @@ impl Service {
                 v.load(Ordering::Relaxed)
             ));
         }
+        out.push_str("# HELP tessera_rate_limited_total Requests refused with 429 slow_down, by limit.\n# TYPE tessera_rate_limited_total counter\n");
+        for (limit, v) in [
+            ("per_identity", &c.rate_limited_per_identity),
+            ("failed_auth", &c.rate_limited_failed_auth),
+        ] {
+            out.push_str(&format!(
+                "tessera_rate_limited_total{{limit=\"{limit}\"}} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP tessera_rate_limit_fallbacks_total Token requests judged by this replica's own per_identity limit because the shared store was unreachable.\n# TYPE tessera_rate_limit_fallbacks_total counter\ntessera_rate_limit_fallbacks_total {}\n",
+            c.rate_limit_fallbacks.load(Ordering::Relaxed)
+        ));
         let health = self.trust.refresh_health();
         if !health.is_empty() {
             let now = self.now();
