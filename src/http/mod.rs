@@ -78,6 +78,43 @@ pub fn admin_router(svc: AppState) -> Router {
         .with_state(svc)
 }
 
+/// Wraps a router so that a request not answered within `limit` (body read included:
+/// a client trickling its body is cut off too) gets 503 `temporarily_unavailable`,
+/// audited like any refusal.
+pub fn with_request_timeout(router: Router, svc: AppState, limit: std::time::Duration) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        (svc, limit),
+        request_deadline,
+    ))
+}
+
+async fn request_deadline(
+    State((svc, limit)): State<(AppState, std::time::Duration)>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req.extensions().get::<PeerInfo>().cloned();
+    let mut ids = HeaderMap::new();
+    if let Some(rid) = req.headers().get("x-request-id") {
+        ids.insert("x-request-id", rid.clone());
+    }
+    let event = match req.uri().path() {
+        "/token" => "token.denied",
+        "/introspect" => "token.introspected",
+        "/revoke" => "token.revoked",
+        _ => "request.rejected",
+    };
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::warn!(event, limit_ms = limit.as_millis() as u64, "request timed out");
+            let ctx = context(peer.as_ref(), &ids);
+            let resp = ApiError(ServiceError::TemporarilyUnavailable).into_response();
+            audit_refusal(&svc, &ctx, event, resp)
+        }
+    }
+}
+
 /// Unknown paths and wrong methods get an OAuth-style JSON error and an audit event.
 fn refuse(svc: &Service, i: &AdminInput, status: StatusCode, what: &str) -> Response {
     let body = json!({"error": "invalid_request", "error_description": what});
