@@ -164,8 +164,8 @@ pub async fn serve_with_limits(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     // Over TLS the protocol is fixed by ALPN, so the HTTP/1 header-read timer runs from
-    // the first byte; the auto builder's version sniffing would wait without a deadline
-    // for a client that completes the handshake and then sends nothing.
+    // the end of the handshake; the auto builder's version sniffing would wait without a
+    // deadline for a client that completes the handshake and then sends nothing.
     let auto = connection_builder(&limits);
     let h1_only = Arc::new(connection_builder(&limits).http1_only());
     let h2_only = Arc::new(connection_builder(&limits).http2_only());
@@ -235,8 +235,8 @@ pub async fn serve_with_limits(
                     } else {
                         h1_only
                     };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls), with_peer(certificates));
+                    // `serve_connection` honours the fixed version (no upgrades are served).
+                    let conn = builder.serve_connection(TokioIo::new(tls), with_peer(certificates));
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(%remote_addr, error = %e, "connection closed with an error");
                     }
