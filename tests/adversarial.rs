@@ -464,6 +464,9 @@ fn form_bytes(pairs: &[(&str, &str)]) -> Vec<u8> {
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
+/// (name, content type, body, expected status and OAuth error)
+type FormCase = (&'static str, &'static str, Vec<u8>, (u16, &'static str));
+
 /// Runs the whole corpus against `/token` and `/introspect`, then scans every captured
 /// log line, audit line and response body for every secret the corpus used.
 #[tokio::test]
@@ -543,7 +546,7 @@ async fn adversarial_corpus_is_refused_and_no_secret_reaches_any_log() {
         )
     };
     secrets.add_jwt(&one_mib);
-    let form_cases: Vec<(&str, &str, Vec<u8>, (u16, &str))> = vec![
+    let form_cases: Vec<FormCase> = vec![
         (
             "empty_subject_token",
             FORM,
