@@ -257,6 +257,16 @@ pub fn start(
     admin: TcpListener,
     service: Arc<Service>,
 ) -> Result<Running, AppError> {
+    start_with_limits(public, admin, service, server::ServerLimits::default())
+}
+
+/// As `start`, with explicit connection and request limits (tests lower them).
+pub fn start_with_limits(
+    public: TcpListener,
+    admin: TcpListener,
+    service: Arc<Service>,
+    limits: server::ServerLimits,
+) -> Result<Running, AppError> {
     let s = service.settings();
     // Client certificates are requested on both listeners and checked against the
     // trust bundle of the leaf's own trust domain, read per handshake (so reloads apply).
@@ -287,17 +297,27 @@ pub fn start(
     let (public_addr, admin_addr) = (addr(&public)?, addr(&admin)?);
     let (stop, rx) = watch::channel(false);
     let tasks = vec![
-        tokio::spawn(server::serve(
+        tokio::spawn(server::serve_with_limits(
             public,
             tls.clone(),
-            http::public_router(service.clone()),
+            http::with_request_timeout(
+                http::public_router(service.clone()),
+                service.clone(),
+                limits.request_timeout,
+            ),
             stopped(rx.clone()),
+            limits.clone(),
         )),
-        tokio::spawn(server::serve(
+        tokio::spawn(server::serve_with_limits(
             admin,
             tls,
-            http::admin_router(service.clone()),
+            http::with_request_timeout(
+                http::admin_router(service.clone()),
+                service.clone(),
+                limits.request_timeout,
+            ),
             stopped(rx.clone()),
+            limits,
         )),
         tokio::spawn(maintenance(service.clone(), rx)),
     ];

@@ -46,6 +46,14 @@ impl IntoResponse for ApiError {
             ServiceError::Internal(_) => "internal error".to_owned(),
             other => other.to_string(),
         };
+        // The description is what the client sees, so it is safe to log (contract §2:
+        // never key material or the token); the secret scan in tests/adversarial.rs checks it.
+        tracing::debug!(
+            status = status.as_u16(),
+            error = code,
+            description,
+            "request refused"
+        );
         let body = serde_json::json!({"error": code, "error_description": description});
         let mut resp = (status, Json(body)).into_response();
         let h = resp.headers_mut();

@@ -78,6 +78,52 @@ pub fn admin_router(svc: AppState) -> Router {
         .with_state(svc)
 }
 
+/// Wraps a router so that a request not answered within `limit` (body read included:
+/// a client trickling its body is cut off too) gets 503 `temporarily_unavailable`,
+/// audited like any refusal.
+pub fn with_request_timeout(router: Router, svc: AppState, limit: std::time::Duration) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        (svc, limit),
+        request_deadline,
+    ))
+}
+
+async fn request_deadline(
+    State((svc, limit)): State<(AppState, std::time::Duration)>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req.extensions().get::<PeerInfo>().cloned();
+    let mut ids = HeaderMap::new();
+    if let Some(rid) = req.headers().get("x-request-id") {
+        ids.insert("x-request-id", rid.clone());
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let event = match path.as_str() {
+        "/token" => "token.denied",
+        "/introspect" => "token.introspected",
+        "/revoke" => "token.revoked",
+        _ => "request.rejected",
+    };
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => {
+            // Method, path and status only: headers and bodies carry credentials.
+            tracing::debug!(%method, path, status = resp.status().as_u16(), "request answered");
+            resp
+        }
+        Err(_) => {
+            tracing::warn!(
+                event,
+                limit_ms = limit.as_millis() as u64,
+                "request timed out"
+            );
+            let ctx = context(peer.as_ref(), &ids);
+            let resp = ApiError(ServiceError::TemporarilyUnavailable).into_response();
+            audit_refusal(&svc, &ctx, event, resp)
+        }
+    }
+}
+
 /// Unknown paths and wrong methods get an OAuth-style JSON error and an audit event.
 fn refuse(svc: &Service, i: &AdminInput, status: StatusCode, what: &str) -> Response {
     let body = json!({"error": "invalid_request", "error_description": what});
@@ -177,6 +223,13 @@ fn form(headers: &HeaderMap, body: &[u8]) -> Result<Params, ServiceError> {
     for (i, (k, v)) in form_urlencoded::parse(body).enumerate() {
         if i >= MAX_FORM_FIELDS {
             return Err(ServiceError::InvalidRequest("too many form fields".into()));
+        }
+        // The decoder replaces invalid UTF-8 with U+FFFD; such a body is malformed
+        // (RFC 6749 Appendix B: UTF-8), not a request for an odd-looking value.
+        if k.contains('\u{FFFD}') || v.contains('\u{FFFD}') {
+            return Err(ServiceError::InvalidRequest(
+                "form field is not valid UTF-8".into(),
+            ));
         }
         let key: String = k.chars().take(64).collect();
         if map.insert(key.clone(), v.into_owned()).is_some() {

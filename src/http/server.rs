@@ -21,13 +21,45 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
-/// A client must finish its TLS handshake and request headers within this time.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for in-flight requests.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
-/// Open connections beyond this are closed on accept.
-const MAX_CONNECTIONS: usize = 10_000;
+/// Connection and request limits of one listener (docs/operations.md "Limits").
+/// `Default` holds the production values; tests lower them to observe each limit.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// A client must finish its TLS handshake within this time.
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/1 request headers must arrive completely within this time, counted from the
+    /// start of the connection and again for each keep-alive request.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line + headers): HTTP/1 answers 431 and closes;
+    /// HTTP/2 (`max_header_list_size`, RFC 9113 §6.5.2) refuses the stream. At least 8 KiB.
+    pub max_header_bytes: usize,
+    /// Open connections beyond this are closed on accept, before the TLS handshake.
+    pub max_connections: usize,
+    /// A request (body read included) not answered within this time gets 503
+    /// `temporarily_unavailable`.
+    pub request_timeout: Duration,
+    /// How long shutdown waits for in-flight requests before closing connections.
+    pub drain_timeout: Duration,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_connections: 10_000,
+            request_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(15),
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// hyper refuses (panics on) an HTTP/1 read buffer below 8 KiB.
+const MIN_H1_BUFFER: usize = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -94,27 +126,51 @@ fn builder(
     })
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains.
+fn connection_builder(limits: &ServerLimits) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_H1_BUFFER))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_concurrent_streams);
+    builder
+}
+
+/// Serves `router` on `listener` with the default limits until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
     router: Router,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    serve_with_limits(listener, tls, router, shutdown, ServerLimits::default()).await;
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send,
+    limits: ServerLimits,
+) {
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
-    let builder = Arc::new(builder);
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    // Over TLS the protocol is fixed by ALPN, so the HTTP/1 header-read timer runs from
+    // the end of the handshake; the auto builder's version sniffing would wait without a
+    // deadline for a client that completes the handshake and then sends nothing.
+    let auto = connection_builder(&limits);
+    let h1_only = Arc::new(connection_builder(&limits).http1_only());
+    let h2_only = Arc::new(connection_builder(&limits).http2_only());
+    let builder = Arc::new(auto);
+    let handshake_timeout = limits.tls_handshake_timeout;
     tokio::pin!(shutdown);
     loop {
         let (stream, remote_addr) = tokio::select! {
@@ -130,11 +186,12 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
-            tracing::warn!("connection limit reached; closing new connection");
+            tracing::warn!(%remote_addr, limit = limits.max_connections, "connection limit reached; closing new connection");
             continue;
         };
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
+        let (h1_only, h2_only) = (h1_only.clone(), h2_only.clone());
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         let router = router.clone();
@@ -155,7 +212,7 @@ pub async fn serve(
             };
             match acceptor {
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
                         .await
                     {
                         Ok(Ok(s)) => s,
@@ -163,16 +220,26 @@ pub async fn serve(
                             tracing::debug!(%remote_addr, error = %e, "TLS handshake failed");
                             return;
                         }
-                        Err(_) => return,
+                        Err(_) => {
+                            tracing::debug!(%remote_addr, "TLS handshake timed out");
+                            return;
+                        }
                     };
                     let certificates = tls.get_ref().1.peer_certificates().map(|chain| {
                         Arc::new(PeerCertificates::new(
                             chain.iter().map(|c| c.clone().into_owned()).collect(),
                         ))
                     });
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls), with_peer(certificates));
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        h2_only
+                    } else {
+                        h1_only
+                    };
+                    // `serve_connection` honours the fixed version (no upgrades are served).
+                    let conn = builder.serve_connection(TokioIo::new(tls), with_peer(certificates));
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%remote_addr, error = %e, "connection closed with an error");
+                    }
                 }
                 None => {
                     let conn = builder
@@ -183,7 +250,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
         .await
         .is_err()
     {

@@ -387,11 +387,17 @@ file = "audit.jsonl"
 
     /// Starts the real server with TLS on two 127.0.0.1:0 listeners.
     pub async fn start(self) -> Server {
+        self.start_with(tessera::http::server::ServerLimits::default())
+            .await
+    }
+
+    /// As `start`, with explicit connection and request limits.
+    pub async fn start_with(self, limits: tessera::http::server::ServerLimits) -> Server {
         let (svc, audit) = self.service().await;
         let localhost = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         let public = app::bind(localhost).await.unwrap();
         let admin = app::bind(localhost).await.unwrap();
-        let running = app::start(public, admin, svc.clone()).unwrap();
+        let running = app::start_with_limits(public, admin, svc.clone(), limits).unwrap();
         let client = reqwest::Client::builder()
             .add_root_certificate(
                 reqwest::Certificate::from_pem(self.pki.ca_pem.as_bytes()).unwrap(),
