@@ -11,8 +11,9 @@ use crate::jose::{self, SigningAlg, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use zeroize::{Zeroize as _, Zeroizing};
 
-const RING_FILE: &str = "keyring.json";
+pub const RING_FILE: &str = "keyring.json";
 const LOCK_FILE: &str = "keyring.lock";
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +51,11 @@ pub struct ManagedKey {
 
 impl std::fmt::Debug for ManagedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ManagedKey({}, {:?})", self.key.kid(), self.state)
+        f.debug_struct("ManagedKey")
+            .field("key", &self.key)
+            .field("state", &self.state)
+            .field("created_at", &self.created_at)
+            .finish()
     }
 }
 
@@ -66,6 +71,24 @@ struct StoredKey {
     retired_at: Option<UnixSeconds>,
     /// base64url PKCS#8 DER.
     pkcs8: String,
+}
+
+/// The private key text is wiped when the serialized form is dropped.
+impl Drop for StoredKey {
+    fn drop(&mut self) {
+        self.pkcs8.zeroize();
+    }
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg.as_str())
+            .field("state", &self.state)
+            .field("pkcs8", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -146,7 +169,7 @@ impl KeyRing {
         })?;
         let _lock = lock_dir(dir)?;
         let path = dir.join(RING_FILE);
-        let (state, digest) = match std::fs::read(&path) {
+        let (state, digest) = match std::fs::read(&path).map(Zeroizing::new) {
             Ok(bytes) => (Self::decode(&path, &bytes)?, jose::sha256(&bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
                 RingState {
@@ -193,8 +216,9 @@ impl KeyRing {
             serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         let (mut current, mut next, mut retired, mut revoked) =
             (None, None, Vec::new(), Vec::new());
-        for k in stored.keys {
-            let der = jose::b64url_decode(&k.pkcs8).map_err(|e| corrupt(e.to_string()))?;
+        for k in &stored.keys {
+            let der =
+                Zeroizing::new(jose::b64url_decode(&k.pkcs8).map_err(|e| corrupt(e.to_string()))?);
             let key = SigningKey::from_pkcs8(k.alg, &der).map_err(|e| corrupt(e.to_string()))?;
             if key.kid() != k.kid {
                 return Err(corrupt(format!("key {} does not match its kid", k.kid)));
@@ -247,12 +271,14 @@ impl KeyRing {
                 pkcs8: jose::b64url(m.key.pkcs8()),
             })
             .collect();
-        let json = serde_json::to_vec_pretty(&StoredRing { version: 1, keys }).map_err(|e| {
-            KeyError::Io {
-                path: self.dir.display().to_string(),
-                cause: e.to_string(),
-            }
-        })?;
+        let json = Zeroizing::new(
+            serde_json::to_vec_pretty(&StoredRing { version: 1, keys }).map_err(|e| {
+                KeyError::Io {
+                    path: self.dir.display().to_string(),
+                    cause: e.to_string(),
+                }
+            })?,
+        );
         drop(st);
         write_private_file(&self.dir.join(RING_FILE), &json).map_err(|e| KeyError::Io {
             path: self.dir.join(RING_FILE).display().to_string(),
@@ -274,10 +300,10 @@ impl KeyRing {
         }
         self.last_refresh.store(now, Ordering::Relaxed);
         let path = self.dir.join(RING_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| KeyError::Io {
+        let bytes = Zeroizing::new(std::fs::read(&path).map_err(|e| KeyError::Io {
             path: path.display().to_string(),
             cause: e.to_string(),
-        })?;
+        })?);
         let digest = jose::sha256(&bytes);
         let mut loaded = self
             .loaded_digest

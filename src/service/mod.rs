@@ -158,7 +158,35 @@ impl std::fmt::Debug for CallerCredentials {
     }
 }
 
+/// Presented secrets (assertion, Basic secret, bearer token) are wiped when the request
+/// is done with them.
+impl Drop for CallerCredentials {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        if let Some((_, assertion)) = &mut self.assertion {
+            assertion.zeroize();
+        }
+        if let Some((_, secret)) = &mut self.basic {
+            secret.zeroize();
+        }
+        if let Some(bearer) = &mut self.bearer {
+            bearer.zeroize();
+        }
+    }
+}
+
 impl CallerCredentials {
+    /// SHA-256 (hex) of the client credential that authenticates a `client_credentials`
+    /// request, in the order it is tried: the JWT-SVID assertion string, else the client
+    /// certificate's DER. For the audit record (contract §8 `credential_sha256`).
+    pub(crate) fn client_credential_sha256(&self) -> Option<String> {
+        if let Some((_, assertion)) = &self.assertion {
+            return Some(sha256_hex(assertion.as_bytes()));
+        }
+        let leaf = self.peer.as_ref()?.chain.first()?;
+        Some(sha256_hex(leaf.as_ref()))
+    }
+
     /// Takes `client_assertion*` out of the form parameters.
     pub fn with_form_assertion(mut self, params: &Params) -> Self {
         if let (Some(t), Some(a)) = (
@@ -427,6 +455,11 @@ impl Service {
 /// Whether `id` matches any of `patterns`.
 pub(crate) fn allowed(patterns: &[SpiffePattern], id: &SpiffeId) -> bool {
     patterns.iter().any(|p| p.matches(id))
+}
+
+/// Lowercase hex SHA-256, the form credentials take in audit records.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    jose::hex(&jose::sha256(bytes))
 }
 
 /// Constant-time check of a presented secret against a stored lowercase-hex SHA-256.
