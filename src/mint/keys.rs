@@ -551,6 +551,80 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Every text form the secret could take in a log: hex, base64url, base64 (the body
+    /// of a PEM file, also line by line), and 16-character pieces of each.
+    fn assert_no_secret(debug: &str, secret: &[u8]) {
+        use base64::Engine as _;
+        let std_b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        let forms = [jose::hex(secret), jose::b64url(secret), std_b64.clone()];
+        for form in &forms {
+            let chars: Vec<char> = form.chars().collect();
+            for piece in chars.chunks(16).filter(|c| c.len() == 16) {
+                let piece: String = piece.iter().collect();
+                assert!(
+                    !debug.contains(&piece),
+                    "{debug:?} shows secret text {piece}"
+                );
+            }
+        }
+        for line in std_b64.as_bytes().chunks(64) {
+            let line = String::from_utf8_lossy(line);
+            assert!(!debug.contains(line.as_ref()), "{debug:?} shows a PEM line");
+        }
+        assert!(
+            !String::from_utf8_lossy(secret).contains(debug),
+            "Debug output is part of the secret"
+        );
+    }
+
+    #[test]
+    fn debug_of_key_material_is_redacted() {
+        for alg in [SigningAlg::ES256, SigningAlg::EdDSA, SigningAlg::RS256] {
+            let key = SigningKey::generate(alg).unwrap();
+            let secret = key.pkcs8().to_vec();
+            let shown = format!("{key:?}");
+            assert_no_secret(&shown, &secret);
+            // The check itself sees each form a leak could take.
+            use base64::Engine as _;
+            let pem = base64::engine::general_purpose::STANDARD.encode(&secret);
+            for leak in [
+                jose::hex(&secret),
+                jose::b64url(&secret),
+                pem[..64].to_owned(),
+            ] {
+                let leaked = format!("SigningKey {{ private: {leak} }}");
+                let caught = std::panic::catch_unwind(|| assert_no_secret(&leaked, &secret));
+                assert!(caught.is_err(), "missed {leaked}");
+            }
+            assert!(
+                shown.contains("<redacted>") && shown.contains(key.kid()),
+                "{shown}"
+            );
+            assert!(shown.contains(alg.as_str()), "{shown}");
+            let m = managed(key, KeyState::Current, 0, Some(0), None).unwrap();
+            assert_no_secret(&format!("{m:?} {m:#?}"), &secret);
+            let stored = StoredKey {
+                kid: m.key.kid().to_owned(),
+                alg,
+                state: KeyState::Current,
+                created_at: 0,
+                activated_at: None,
+                retired_at: None,
+                pkcs8: jose::b64url(&secret),
+            };
+            assert_no_secret(&format!("{stored:?}"), &secret);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::open(dir.path(), SigningAlg::ES256, 600, 1000).unwrap();
+        let file = std::fs::read_to_string(dir.path().join(RING_FILE)).unwrap();
+        let shown = format!("{ring:?} {:?} {:?}", ring.current(), ring.info());
+        for k in [ring.current(), ring.read().next.clone()] {
+            assert_no_secret(&shown, k.key.pkcs8());
+        }
+        // The file itself does hold the keys (the check above would see them).
+        assert!(file.contains(&jose::b64url(ring.current().key.pkcs8())));
+    }
+
     #[test]
     fn ring_persists_rotates_and_retires() {
         let dir = tempfile::tempdir().unwrap();

@@ -597,6 +597,44 @@ mod tests {
     }
 
     #[test]
+    fn debug_of_presented_credentials_is_redacted() {
+        let (assertion, secret, bearer) = (
+            "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzcGlmZmUifQ.c2lnbmF0dXJlLWJ5dGVz",
+            "static-client-secret-value",
+            "adm-admin-bearer-token-value",
+        );
+        let creds = CallerCredentials {
+            assertion: Some((JWT_SPIFFE_ASSERTION.into(), assertion.into())),
+            basic: Some(("legacy-gateway".into(), secret.into())),
+            bearer: Some(bearer.into()),
+            peer: None,
+        };
+        let shown = format!("{creds:?}");
+        for s in [assertion, secret, bearer, "c2lnbmF0dXJl", "admin-bearer"] {
+            assert!(!shown.contains(s), "{shown}");
+        }
+        assert!(shown.contains("legacy-gateway"), "{shown}");
+    }
+
+    #[test]
+    fn client_credential_hash_is_of_the_assertion_else_the_certificate() {
+        let cert = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+        // (`..Default::default()` cannot build it: the type wipes its secrets on drop.)
+        let mut creds = CallerCredentials::default();
+        creds.peer = Some(Arc::new(PeerCertificates::new(vec![cert.clone()])));
+        assert_eq!(
+            creds.client_credential_sha256(),
+            Some(sha256_hex(cert.as_ref()))
+        );
+        creds.assertion = Some((JWT_SPIFFE_ASSERTION.into(), "a.b.c".into()));
+        assert_eq!(creds.client_credential_sha256(), Some(sha256_hex(b"a.b.c")));
+        assert_eq!(
+            CallerCredentials::default().client_credential_sha256(),
+            None
+        );
+    }
+
+    #[test]
     fn static_clients_need_the_right_id_and_secret() {
         let clients = [client("gw", "a-long-secret-value")];
         assert!(verify_static_client(&clients, "gw", "a-long-secret-value"));
