@@ -520,7 +520,8 @@ impl SigningAlg {
 pub struct SigningKey {
     alg: SigningAlg,
     pair: Pair,
-    pkcs8: Vec<u8>,
+    /// Wiped on drop. (ring's parsed key pair keeps its own copy, which ring does not wipe.)
+    pkcs8: zeroize::Zeroizing<Vec<u8>>,
     public_jwk: Map<String, Value>,
     kid: String,
 }
@@ -533,19 +534,18 @@ enum Pair {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "SigningKey({}, kid={}, <redacted>)",
-            self.alg.as_str(),
-            self.kid
-        )
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg.as_str())
+            .field("private", &"<redacted>")
+            .finish()
     }
 }
 
 impl SigningKey {
     pub fn generate(alg: SigningAlg) -> Result<Self, JoseError> {
         let rng = SystemRandom::new();
-        let pkcs8 = match alg {
+        let pkcs8 = zeroize::Zeroizing::new(match alg {
             SigningAlg::ES256 => signature::EcdsaKeyPair::generate_pkcs8(
                 &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
                 &rng,
@@ -565,7 +565,7 @@ impl SigningKey {
                     .map_err(|e| JoseError::BadKey(e.to_string()))?
                     .to_der_private_key()
             }
-        };
+        });
         Self::from_pkcs8(alg, &pkcs8)
     }
 
@@ -611,7 +611,7 @@ impl SigningKey {
         Ok(Self {
             alg,
             pair,
-            pkcs8: pkcs8.to_vec(),
+            pkcs8: zeroize::Zeroizing::new(pkcs8.to_vec()),
             public_jwk,
             kid,
         })

@@ -86,9 +86,11 @@ pub fn prepare(dir: &Path, public: SocketAddr, admin: SocketAddr) -> Result<Sett
     )
     .map_err(|e| io(&p.bundle(), e))?;
     if !p.admin_token().exists() || !p.admin_token_hash().exists() {
-        let token =
-            jose::b64url(&jose::random_bytes::<32>().map_err(|e| AppError::Keys(e.to_string()))?);
-        write_private_file(&p.admin_token(), format!("{token}\n").as_bytes())
+        let token = zeroize::Zeroizing::new(jose::b64url(
+            &jose::random_bytes::<32>().map_err(|e| AppError::Keys(e.to_string()))?,
+        ));
+        let line = zeroize::Zeroizing::new(format!("{}\n", token.as_str()));
+        write_private_file(&p.admin_token(), line.as_bytes())
             .map_err(|e| io(&p.admin_token(), e))?;
         let hash = jose::hex(&jose::sha256(token.as_bytes()));
         write_private_file(&p.admin_token_hash(), format!("{hash}\n").as_bytes())
@@ -136,12 +138,12 @@ pub fn prepare(dir: &Path, public: SocketAddr, admin: SocketAddr) -> Result<Sett
 }
 
 fn load_svid_key(p: &DevPaths) -> Result<SigningKey, AppError> {
-    let der = std::fs::read(p.svid_key()).map_err(|e| {
+    let der = zeroize::Zeroizing::new(std::fs::read(p.svid_key()).map_err(|e| {
         AppError::Config(format!(
             "{}: {e}; start `tessera serve --dev` once to create the dev trust domain",
             p.svid_key().display()
         ))
-    })?;
+    })?);
     SigningKey::from_pkcs8(SigningAlg::ES256, &der).map_err(|e| AppError::Keys(e.to_string()))
 }
 

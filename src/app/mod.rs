@@ -52,6 +52,58 @@ pub enum AppError {
     Bind { addr: SocketAddr, cause: String },
     #[error("audit: {0}")]
     Audit(String),
+    /// A secret file others could read, or a key directory others could write.
+    #[error("{0}")]
+    FileMode(String),
+}
+
+/// Refuses secret files with any group or other permission bit, naming the file and
+/// the fix. Files that do not exist yet are left to the code that reads or creates them.
+fn check_private_file(what: &str, path: &std::path::Path) -> Result<(), AppError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(AppError::FileMode(format!(
+            "{what} {p} has mode {mode:04o}: a secret must not be readable by group or others; run `chmod 600 {p}`",
+            p = path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a key directory that group or others may write: they could swap keyring.json.
+fn check_private_dir(what: &str, dir: &std::path::Path) -> Result<(), AppError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(AppError::FileMode(format!(
+            "{what} {d} has mode {mode:04o}: it must not be writable by group or others; run `chmod 700 {d}`",
+            d = dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Start-up check of every secret file the settings name (contract §4 "File modes").
+pub fn check_secret_file_modes(settings: &Settings) -> Result<(), AppError> {
+    check_private_dir("signing.key_dir", &settings.key_dir)?;
+    check_private_file(
+        "signing.key_dir",
+        &settings.key_dir.join(crate::mint::keys::RING_FILE),
+    )?;
+    if let Some(p) = &settings.admin_token_hash_file {
+        check_private_file("admin.token_hash_file", p)?;
+    }
+    if let Some(tls) = &settings.tls {
+        check_private_file("server.tls_key", &tls.key)?;
+    }
+    Ok(())
 }
 
 /// Builds the service from checked settings: keys, bundles, policy, store, audit.
@@ -60,6 +112,7 @@ pub async fn build_service(
     clock: SharedClock,
     audit_sink: Option<Arc<dyn AuditSink>>,
 ) -> Result<Arc<Service>, AppError> {
+    check_secret_file_modes(&settings)?;
     let now = clock.now();
     let policy =
         CompiledPolicy::load(&settings.policy_file).map_err(|e| AppError::Policy(e.to_string()))?;
@@ -105,6 +158,8 @@ pub async fn build_service(
         KeyRing::open(&settings.key_dir, settings.signing_alg, retain, now)
             .map_err(|e| AppError::Keys(e.to_string()))?,
     );
+    // A key directory created just now took the process umask.
+    check_private_dir("signing.key_dir", &settings.key_dir)?;
     let oidc = build_oidc(&settings, &clock)?;
     // With Redis, `[limits] per_identity` is shared by every replica; the embedded
     // store keeps it per process.

@@ -48,6 +48,27 @@ pub struct AuditEvent {
     pub remote_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Lowercase hex SHA-256 of the subject credential as presented (the JWT-SVID or OIDC
+    /// token string, the client assertion, or the client certificate's DER): links a
+    /// token event to the credential without logging the credential.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_sha256: Option<String>,
+    /// Who authenticated to `/introspect`, `/revoke` or the admin API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// Introspection answer (RFC 7662 `active`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    /// What a revocation names: `jti`, `subject` or `kid` (with the value in the field
+    /// of that name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation_kind: Option<&'static str>,
+    /// The revoked signing key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// The revocation record created or lifted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation_id: Option<String>,
 }
 
 fn ser_ts<S: serde::Serializer>(ts: &UnixSeconds, s: S) -> Result<S::Ok, S::Error> {
@@ -71,6 +92,12 @@ impl AuditEvent {
             reason: None,
             remote_addr: None,
             request_id: None,
+            credential_sha256: None,
+            caller: None,
+            active: None,
+            revocation_kind: None,
+            kid: None,
+            revocation_id: None,
         }
     }
 

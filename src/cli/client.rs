@@ -7,11 +7,15 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use zeroize::Zeroizing;
 
-fn read_secret_file(path: &Path, what: &str) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {what} from {}", path.display()))?;
-    let t = text.trim().to_owned();
+/// Reads a credential file; the file's text and the returned secret are wiped on drop.
+fn read_secret_file(path: &Path, what: &str) -> Result<Zeroizing<String>> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {what} from {}", path.display()))?,
+    );
+    let t = Zeroizing::new(text.trim().to_owned());
     if t.is_empty() {
         bail!("{} is empty; it should hold the {what}", path.display());
     }
@@ -103,28 +107,30 @@ pub async fn exchange(
 }
 
 pub async fn introspect(args: &IntrospectArgs) -> Result<ExitCode> {
-    let token = if args.token == "-" {
-        let mut s = String::new();
+    let token = Zeroizing::new(if args.token == "-" {
+        let mut s = Zeroizing::new(String::new());
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
             .context("reading the token from stdin")?;
         s.trim().to_owned()
     } else {
         args.token.clone()
-    };
+    });
+    let assertion: Zeroizing<String>;
     let url = format!("{}/introspect", args.conn.url.trim_end_matches('/'));
     let client = http_client(args.conn.ca_file.as_ref())?;
-    let mut form: Vec<(&str, String)> = vec![("token", token)];
+    let mut form: Vec<(&str, &str)> = vec![("token", token.as_str())];
     let mut req = client.post(&url);
     match (&args.assertion_file, &args.client_id, &args.secret_file) {
         (Some(f), _, _) => {
-            form.push(("client_assertion_type", JWT_SPIFFE_ASSERTION.to_owned()));
-            form.push((
-                "client_assertion",
-                read_secret_file(f, "JWT-SVID assertion")?,
-            ));
+            assertion = read_secret_file(f, "JWT-SVID assertion")?;
+            form.push(("client_assertion_type", JWT_SPIFFE_ASSERTION));
+            form.push(("client_assertion", assertion.as_str()));
         }
         (None, Some(id), Some(secret)) => {
-            req = req.basic_auth(id, Some(read_secret_file(secret, "client secret")?));
+            req = req.basic_auth(
+                id,
+                Some(read_secret_file(secret, "client secret")?.as_str()),
+            );
         }
         _ => bail!(
             "introspection needs a caller credential: --assertion-file FILE (a JWT-SVID) or --client-id ID --secret-file FILE"
@@ -147,7 +153,7 @@ pub async fn introspect(args: &IntrospectArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn admin_token(conn: &AdminConn) -> Result<String> {
+fn admin_token(conn: &AdminConn) -> Result<Zeroizing<String>> {
     read_secret_file(&conn.admin_token_file, "admin token").map_err(|e| {
         anyhow!("{e}; pass --admin-token-file (dev mode writes ./tessera-data/admin-token)")
     })
@@ -162,7 +168,7 @@ async fn admin_call(
     let token = admin_token(conn)?;
     let url = format!("{}{path}", conn.url.trim_end_matches('/'));
     let client = http_client(conn.ca_file.as_ref())?;
-    let mut req = client.request(method, &url).bearer_auth(token);
+    let mut req = client.request(method, &url).bearer_auth(token.as_str());
     if let Some(b) = body {
         req = req.json(&b);
     }

@@ -398,7 +398,7 @@ fn oidc_principal(path: &std::path::Path) -> Result<Principal> {
 
 fn hash_secret() -> Result<ExitCode> {
     use argon2::PasswordHasher as _;
-    let mut secret = String::new();
+    let mut secret = zeroize::Zeroizing::new(String::new());
     std::io::stdin()
         .read_line(&mut secret)
         .context("reading the secret from stdin")?;

@@ -187,10 +187,13 @@ fn credentials(headers: &HeaderMap) -> Result<CallerCredentials, ServiceError> {
     let value = value.to_str().map_err(|_| bad())?;
     let (scheme, rest) = value.split_once(' ').ok_or_else(bad)?;
     if scheme.eq_ignore_ascii_case("basic") {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(rest.trim())
-            .map_err(|_| bad())?;
-        let text = String::from_utf8(raw).map_err(|_| bad())?;
+        // The decoded header holds the client secret: wiped once split.
+        let raw = zeroize::Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .map_err(|_| bad())?,
+        );
+        let text = std::str::from_utf8(&raw).map_err(|_| bad())?;
         let (id, secret) = text.split_once(':').ok_or_else(bad)?;
         let decode = |s: &str| {
             form_urlencoded::parse(format!("v={s}").as_bytes())
@@ -628,12 +631,12 @@ async fn admin_audit(
     respond(StatusCode::OK, result)
 }
 
-async fn metrics(State(svc): State<AppState>, headers: HeaderMap) -> Response {
-    if svc.settings().metrics_auth {
-        let creds = credentials(&headers).unwrap_or_default();
-        if let Err(e) = svc.admin_authorized(&creds) {
-            return ApiError(e).into_response();
-        }
+async fn metrics(State(svc): State<AppState>, i: AdminInput) -> Response {
+    // A refused scrape is a failed authentication and is audited; a served one is not.
+    if svc.settings().metrics_auth
+        && let Err(e) = svc.admin_authorized(&i.creds)
+    {
+        return audit_refusal(&svc, &i.ctx, "admin.metrics", ApiError(e).into_response());
     }
     let mut resp = svc.render_metrics().into_response();
     resp.headers_mut().insert(

@@ -11,8 +11,9 @@ use crate::jose::{self, SigningAlg, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use zeroize::{Zeroize as _, Zeroizing};
 
-const RING_FILE: &str = "keyring.json";
+pub const RING_FILE: &str = "keyring.json";
 const LOCK_FILE: &str = "keyring.lock";
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +51,11 @@ pub struct ManagedKey {
 
 impl std::fmt::Debug for ManagedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ManagedKey({}, {:?})", self.key.kid(), self.state)
+        f.debug_struct("ManagedKey")
+            .field("key", &self.key)
+            .field("state", &self.state)
+            .field("created_at", &self.created_at)
+            .finish()
     }
 }
 
@@ -66,6 +71,24 @@ struct StoredKey {
     retired_at: Option<UnixSeconds>,
     /// base64url PKCS#8 DER.
     pkcs8: String,
+}
+
+/// The private key text is wiped when the serialized form is dropped.
+impl Drop for StoredKey {
+    fn drop(&mut self) {
+        self.pkcs8.zeroize();
+    }
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg.as_str())
+            .field("state", &self.state)
+            .field("pkcs8", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -146,7 +169,7 @@ impl KeyRing {
         })?;
         let _lock = lock_dir(dir)?;
         let path = dir.join(RING_FILE);
-        let (state, digest) = match std::fs::read(&path) {
+        let (state, digest) = match std::fs::read(&path).map(Zeroizing::new) {
             Ok(bytes) => (Self::decode(&path, &bytes)?, jose::sha256(&bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
                 RingState {
@@ -193,8 +216,9 @@ impl KeyRing {
             serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         let (mut current, mut next, mut retired, mut revoked) =
             (None, None, Vec::new(), Vec::new());
-        for k in stored.keys {
-            let der = jose::b64url_decode(&k.pkcs8).map_err(|e| corrupt(e.to_string()))?;
+        for k in &stored.keys {
+            let der =
+                Zeroizing::new(jose::b64url_decode(&k.pkcs8).map_err(|e| corrupt(e.to_string()))?);
             let key = SigningKey::from_pkcs8(k.alg, &der).map_err(|e| corrupt(e.to_string()))?;
             if key.kid() != k.kid {
                 return Err(corrupt(format!("key {} does not match its kid", k.kid)));
@@ -247,12 +271,14 @@ impl KeyRing {
                 pkcs8: jose::b64url(m.key.pkcs8()),
             })
             .collect();
-        let json = serde_json::to_vec_pretty(&StoredRing { version: 1, keys }).map_err(|e| {
-            KeyError::Io {
-                path: self.dir.display().to_string(),
-                cause: e.to_string(),
-            }
-        })?;
+        let json = Zeroizing::new(
+            serde_json::to_vec_pretty(&StoredRing { version: 1, keys }).map_err(|e| {
+                KeyError::Io {
+                    path: self.dir.display().to_string(),
+                    cause: e.to_string(),
+                }
+            })?,
+        );
         drop(st);
         write_private_file(&self.dir.join(RING_FILE), &json).map_err(|e| KeyError::Io {
             path: self.dir.join(RING_FILE).display().to_string(),
@@ -274,10 +300,10 @@ impl KeyRing {
         }
         self.last_refresh.store(now, Ordering::Relaxed);
         let path = self.dir.join(RING_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| KeyError::Io {
+        let bytes = Zeroizing::new(std::fs::read(&path).map_err(|e| KeyError::Io {
             path: path.display().to_string(),
             cause: e.to_string(),
-        })?;
+        })?);
         let digest = jose::sha256(&bytes);
         let mut loaded = self
             .loaded_digest
@@ -524,6 +550,80 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every text form the secret could take in a log: hex, base64url, base64 (the body
+    /// of a PEM file, also line by line), and 16-character pieces of each.
+    fn assert_no_secret(debug: &str, secret: &[u8]) {
+        use base64::Engine as _;
+        let std_b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        let forms = [jose::hex(secret), jose::b64url(secret), std_b64.clone()];
+        for form in &forms {
+            let chars: Vec<char> = form.chars().collect();
+            for piece in chars.chunks(16).filter(|c| c.len() == 16) {
+                let piece: String = piece.iter().collect();
+                assert!(
+                    !debug.contains(&piece),
+                    "{debug:?} shows secret text {piece}"
+                );
+            }
+        }
+        for line in std_b64.as_bytes().chunks(64) {
+            let line = String::from_utf8_lossy(line);
+            assert!(!debug.contains(line.as_ref()), "{debug:?} shows a PEM line");
+        }
+        assert!(
+            !String::from_utf8_lossy(secret).contains(debug),
+            "Debug output is part of the secret"
+        );
+    }
+
+    #[test]
+    fn debug_of_key_material_is_redacted() {
+        for alg in [SigningAlg::ES256, SigningAlg::EdDSA, SigningAlg::RS256] {
+            let key = SigningKey::generate(alg).unwrap();
+            let secret = key.pkcs8().to_vec();
+            let shown = format!("{key:?}");
+            assert_no_secret(&shown, &secret);
+            // The check itself sees each form a leak could take.
+            use base64::Engine as _;
+            let pem = base64::engine::general_purpose::STANDARD.encode(&secret);
+            for leak in [
+                jose::hex(&secret),
+                jose::b64url(&secret),
+                pem[..64].to_owned(),
+            ] {
+                let leaked = format!("SigningKey {{ private: {leak} }}");
+                let caught = std::panic::catch_unwind(|| assert_no_secret(&leaked, &secret));
+                assert!(caught.is_err(), "missed {leaked}");
+            }
+            assert!(
+                shown.contains("<redacted>") && shown.contains(key.kid()),
+                "{shown}"
+            );
+            assert!(shown.contains(alg.as_str()), "{shown}");
+            let m = managed(key, KeyState::Current, 0, Some(0), None).unwrap();
+            assert_no_secret(&format!("{m:?} {m:#?}"), &secret);
+            let stored = StoredKey {
+                kid: m.key.kid().to_owned(),
+                alg,
+                state: KeyState::Current,
+                created_at: 0,
+                activated_at: None,
+                retired_at: None,
+                pkcs8: jose::b64url(&secret),
+            };
+            assert_no_secret(&format!("{stored:?}"), &secret);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::open(dir.path(), SigningAlg::ES256, 600, 1000).unwrap();
+        let file = std::fs::read_to_string(dir.path().join(RING_FILE)).unwrap();
+        let shown = format!("{ring:?} {:?} {:?}", ring.current(), ring.info());
+        for k in [ring.current(), ring.read().next.clone()] {
+            assert_no_secret(&shown, k.key.pkcs8());
+        }
+        // The file itself does hold the keys (the check above would see them).
+        assert!(file.contains(&jose::b64url(ring.current().key.pkcs8())));
+    }
 
     #[test]
     fn ring_persists_rotates_and_retires() {

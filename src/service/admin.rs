@@ -104,7 +104,7 @@ impl Service {
             .and_then(|()| self.authenticate_admin(creds));
         self.note_auth_result(ctx, &auth);
         if let Ok(actor) = &auth {
-            ev.subject = Some(actor.clone());
+            ev.caller = Some(actor.clone());
         }
         (ev, auth)
     }
@@ -186,9 +186,13 @@ impl Service {
             }
         };
         ev.reason = Some(reason.clone());
-        if kind == RevocationKind::Jti {
-            ev.jti = Some(value.clone());
-        }
+        ev.revocation_kind = Some(kind.as_str());
+        let named = match kind {
+            RevocationKind::Jti => &mut ev.jti,
+            RevocationKind::Subject => &mut ev.subject,
+            RevocationKind::Kid => &mut ev.kid,
+        };
+        *named = Some(value.clone());
         let record = self
             .revocations
             .revoke(NewRevocation {
@@ -202,6 +206,7 @@ impl Service {
             })
             .await
             .map_err(|e| store_err(self, e))?;
+        ev.revocation_id = Some(record.id.clone());
         // Only after the revocation is durable does the key leave the JWKS; revoking the
         // current key rotates first so issuance never stops.
         if kind == RevocationKind::Kid && self.minter.keys().find(&value).is_some() {
@@ -246,6 +251,7 @@ impl Service {
     ) -> Result<(), ServiceError> {
         let (mut ev, auth) = self.admin_begin(ctx, creds, "admin.revocation.lift");
         ev.reason = Some(format!("lift {}", id.chars().take(64).collect::<String>()));
+        ev.revocation_id = Some(id.chars().take(64).collect());
         let result = async {
             auth?;
             let now = self.now();

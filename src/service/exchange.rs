@@ -151,6 +151,7 @@ impl Service {
         let (identity, one_time): (VerifiedIdentity, Option<OneTimeUse>) =
             match req.unverified_subject_token {
                 Some(token) => {
+                    ev.credential_sha256 = Some(super::sha256_hex(token.as_bytes()));
                     let verified =
                         verify_subject_token(&self.jwt_svids, &self.oidc, token, now).await?;
                     (verified.identity, verified.one_time)
@@ -159,6 +160,7 @@ impl Service {
                     // client_credentials: the client authentication is the identity — a
                     // JWT-SVID assertion, else the X.509-SVID of the TLS connection (RFC 8705
                     // tls_client_auth; the token is then certificate-bound).
+                    ev.credential_sha256 = creds.client_credential_sha256();
                     match self
                         .assertion_identity(creds)
                         .or_else(|| self.peer_identity(creds))

@@ -68,7 +68,7 @@ impl Service {
             let (clients, id2, secret) = (
                 self.settings.introspection_clients.clone(),
                 id.clone(),
-                secret.clone(),
+                zeroize::Zeroizing::new(secret.clone()),
             );
             let ok =
                 tokio::task::spawn_blocking(move || verify_static_client(&clients, &id2, &secret))
@@ -116,18 +116,21 @@ impl Service {
         creds: &CallerCredentials,
     ) -> Result<IntrospectionResponse, ServiceError> {
         let caller = self.introspection_caller(creds).await?;
-        ev.subject = Some(caller.name());
+        ev.caller = Some(caller.name());
         let token = params.require("token")?;
         let now = self.now();
         let checked = match self.minter.check(token, now, self.settings.leeway) {
             Ok(c) => c,
             Err(e) => {
                 ev.reason = Some(format!("inactive: {e}"));
+                ev.active = Some(false);
                 return Ok(IntrospectionResponse::default());
             }
         };
         let c = checked.claims;
+        // Only a token whose signature verified names its jti and subject here.
         ev.jti = Some(c.jti.clone());
+        ev.subject = Some(c.sub.clone());
         ev.audience = Some(c.aud.clone());
         let token_ref = TokenRef {
             jti: &c.jti,
@@ -139,25 +142,29 @@ impl Service {
         match self.revocations.is_revoked(&token_ref, now).await {
             Ok(true) => {
                 ev.reason = Some("inactive: revoked".into());
+                ev.active = Some(false);
                 Ok(IntrospectionResponse::default())
             }
-            Ok(false) => Ok(IntrospectionResponse {
-                active: true,
-                details: Some(ActiveDetails {
-                    iss: c.iss,
-                    sub: c.sub,
-                    aud: c.aud,
-                    client_id: c.client_id,
-                    scope: c.scope,
-                    token_type: "Bearer",
-                    exp: c.exp,
-                    iat: c.iat,
-                    nbf: c.nbf,
-                    jti: c.jti,
-                    act: c.act,
-                    cnf: c.cnf,
-                }),
-            }),
+            Ok(false) => {
+                ev.active = Some(true);
+                Ok(IntrospectionResponse {
+                    active: true,
+                    details: Some(ActiveDetails {
+                        iss: c.iss,
+                        sub: c.sub,
+                        aud: c.aud,
+                        client_id: c.client_id,
+                        scope: c.scope,
+                        token_type: "Bearer",
+                        exp: c.exp,
+                        iat: c.iat,
+                        nbf: c.nbf,
+                        jti: c.jti,
+                        act: c.act,
+                        cnf: c.cnf,
+                    }),
+                })
+            }
             Err(e) => {
                 self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "introspection failed closed: store unavailable");
@@ -204,7 +211,7 @@ impl Service {
         } else {
             return Err(ServiceError::Unauthenticated);
         };
-        ev.subject = Some(caller.name());
+        ev.caller = Some(caller.name());
         let token = params.require("token")?;
         let now = self.now();
         // RFC 7009 §2.2: an invalid or expired token needs no revocation; answer 200.
@@ -214,6 +221,8 @@ impl Service {
         };
         let c = checked.claims;
         ev.jti = Some(c.jti.clone());
+        ev.subject = Some(c.sub.clone());
+        ev.revocation_kind = Some(RevocationKind::Jti.as_str());
         if let Caller::Workload(id) = &caller
             && *id != c.sub
         {
@@ -221,7 +230,8 @@ impl Service {
                 "only the token's subject or an admin may revoke it".into(),
             ));
         }
-        self.revocations
+        let record = self
+            .revocations
             .revoke(NewRevocation {
                 kind: RevocationKind::Jti,
                 value: c.jti.clone(),
@@ -237,6 +247,7 @@ impl Service {
                 tracing::warn!(error = %e, "revocation not stored");
                 ServiceError::TemporarilyUnavailable
             })?;
+        ev.revocation_id = Some(record.id);
         Ok(())
     }
 }

@@ -158,7 +158,35 @@ impl std::fmt::Debug for CallerCredentials {
     }
 }
 
+/// Presented secrets (assertion, Basic secret, bearer token) are wiped when the request
+/// is done with them.
+impl Drop for CallerCredentials {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        if let Some((_, assertion)) = &mut self.assertion {
+            assertion.zeroize();
+        }
+        if let Some((_, secret)) = &mut self.basic {
+            secret.zeroize();
+        }
+        if let Some(bearer) = &mut self.bearer {
+            bearer.zeroize();
+        }
+    }
+}
+
 impl CallerCredentials {
+    /// SHA-256 (hex) of the client credential that authenticates a `client_credentials`
+    /// request, in the order it is tried: the JWT-SVID assertion string, else the client
+    /// certificate's DER. For the audit record (contract §8 `credential_sha256`).
+    pub(crate) fn client_credential_sha256(&self) -> Option<String> {
+        if let Some((_, assertion)) = &self.assertion {
+            return Some(sha256_hex(assertion.as_bytes()));
+        }
+        let leaf = self.peer.as_ref()?.chain.first()?;
+        Some(sha256_hex(leaf.as_ref()))
+    }
+
     /// Takes `client_assertion*` out of the form parameters.
     pub fn with_form_assertion(mut self, params: &Params) -> Self {
         if let (Some(t), Some(a)) = (
@@ -481,6 +509,11 @@ pub(crate) fn allowed(patterns: &[SpiffePattern], id: &SpiffeId) -> bool {
     patterns.iter().any(|p| p.matches(id))
 }
 
+/// Lowercase hex SHA-256, the form credentials take in audit records.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    jose::hex(&jose::sha256(bytes))
+}
+
 /// Constant-time check of a presented secret against a stored lowercase-hex SHA-256.
 pub(crate) fn matches_sha256(presented: &str, stored_hex: &str) -> bool {
     use subtle::ConstantTimeEq as _;
@@ -627,6 +660,44 @@ mod tests {
             id: id.into(),
             secret_hash: hash,
         }
+    }
+
+    #[test]
+    fn debug_of_presented_credentials_is_redacted() {
+        let (assertion, secret, bearer) = (
+            "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzcGlmZmUifQ.c2lnbmF0dXJlLWJ5dGVz",
+            "static-client-secret-value",
+            "adm-admin-bearer-token-value",
+        );
+        let creds = CallerCredentials {
+            assertion: Some((JWT_SPIFFE_ASSERTION.into(), assertion.into())),
+            basic: Some(("legacy-gateway".into(), secret.into())),
+            bearer: Some(bearer.into()),
+            peer: None,
+        };
+        let shown = format!("{creds:?}");
+        for s in [assertion, secret, bearer, "c2lnbmF0dXJl", "admin-bearer"] {
+            assert!(!shown.contains(s), "{shown}");
+        }
+        assert!(shown.contains("legacy-gateway"), "{shown}");
+    }
+
+    #[test]
+    fn client_credential_hash_is_of_the_assertion_else_the_certificate() {
+        let cert = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+        // (`..Default::default()` cannot build it: the type wipes its secrets on drop.)
+        let mut creds = CallerCredentials::default();
+        creds.peer = Some(Arc::new(PeerCertificates::new(vec![cert.clone()])));
+        assert_eq!(
+            creds.client_credential_sha256(),
+            Some(sha256_hex(cert.as_ref()))
+        );
+        creds.assertion = Some((JWT_SPIFFE_ASSERTION.into(), "a.b.c".into()));
+        assert_eq!(creds.client_credential_sha256(), Some(sha256_hex(b"a.b.c")));
+        assert_eq!(
+            CallerCredentials::default().client_credential_sha256(),
+            None
+        );
     }
 
     #[test]

@@ -140,6 +140,22 @@ pub fn bundle_json(key: &SigningKey, kid: &str) -> String {
     json!({"keys": [jwk], "spiffe_refresh_hint": 300}).to_string()
 }
 
+/// Writes a secret file readable by the owner only (mode 0600): the server refuses to
+/// start with a group- or world-readable key or admin token hash (contract §4).
+pub fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    f.write_all(contents.as_ref()).unwrap();
+}
+
 pub fn sha256_hex(s: &str) -> String {
     tessera::jose::hex(&tessera::jose::sha256(s.as_bytes()))
 }
@@ -276,18 +292,17 @@ impl Env {
             "adm-{}",
             b64url(&tessera::jose::random_bytes::<24>().unwrap())
         );
-        std::fs::write(
-            p.join("admin-token.sha256"),
+        write_secret(
+            &p.join("admin-token.sha256"),
             format!("{}\n", sha256_hex(&admin_token)),
-        )
-        .unwrap();
+        );
         let static_secret = format!(
             "sec-{}",
             b64url(&tessera::jose::random_bytes::<24>().unwrap())
         );
         let pki = pki();
         std::fs::write(p.join("tls.crt"), &pki.cert_pem).unwrap();
-        std::fs::write(p.join("tls.key"), &pki.key_pem).unwrap();
+        write_secret(&p.join("tls.key"), &pki.key_pem);
         std::fs::write(p.join("ca.crt"), &pki.ca_pem).unwrap();
         let config = format!(
             r#"issuer = "{ISSUER}"
