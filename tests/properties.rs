@@ -94,9 +94,13 @@ fn b64_segment() -> impl Strategy<Value = String> {
 }
 
 /// Strings shaped like compact JWS: three base64url parts, possibly of real JSON.
+/// The structured ones name the kid of the test trust domain's real key, so they reach
+/// the signature check.
 fn jwt_like() -> impl Strategy<Value = String> {
+    let kid = fixture().env.example_key.kid().to_owned();
     let header = prop_oneof![
-        Just(json!({"alg": "ES256", "kid": "k", "typ": "JWT"})),
+        Just(json!({"alg": "ES256", "kid": kid, "typ": "JWT"})),
+        Just(json!({"alg": "ES384", "kid": kid})),
         Just(json!({"alg": "none"})),
         Just(json!({"alg": "HS256", "kid": "k"})),
         Just(json!({"alg": "ES256", "crit": ["exp"]})),
@@ -111,7 +115,7 @@ fn jwt_like() -> impl Strategy<Value = String> {
     let structured = (
         header,
         sub,
-        any::<i64>(),
+        prop_oneof![Just(T0 + 300), any::<i64>()],
         proptest::collection::vec(any::<u8>(), 0..80),
     )
         .prop_map(|(h, sub, exp, sig)| {
@@ -412,7 +416,7 @@ proptest! {
 
     /// Arbitrary text never panics the parser, and whatever it accepts round-trips.
     #[test]
-    fn arbitrary_spiffe_id_text_never_panics(s in prop_oneof![".{0,80}", "spiffe://.{0,60}", "spiffe://[a-zA-Z0-9.:@/%?#_-]{0,40}"]) {
+    fn arbitrary_spiffe_id_text_never_panics(s in prop_oneof![".{0,80}", "spiffe://.{0,60}", "spiffe://[a-zA-Z0-9.:@/%?#_-]{0,40}", "spiffe://[a-z0-9.]{1,10}(/[a-zA-Z0-9.:@%?#_-]{1,8}){1,3}"]) {
         if let Ok(id) = SpiffeId::parse(&s) {
             prop_assert_eq!(id.to_string(), s.clone());
             prop_assert_eq!(SpiffeId::parse(&s).unwrap(), id);
