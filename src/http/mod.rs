@@ -645,3 +645,13 @@ async fn metrics(State(svc): State<AppState>, i: AdminInput) -> Response {
     );
     resp
 }
+
+/// The body decoder of `/token`, `/introspect` and `/revoke` (media type, duplicates,
+/// field count) on its own, so fuzz/ and tests/properties.rs reach it without a server.
+pub fn decode_form(content_type: &str, body: &[u8]) -> Result<Params, ServiceError> {
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    form(&headers, body)
+}

@@ -111,6 +111,12 @@ fn parse_request<'a>(p: &'a Params) -> Result<ParsedRequest<'a>, ServiceError> {
     })
 }
 
+/// The `/token` parameter checks alone (grant and token types, audience, scope), for
+/// fuzz/ and tests/properties.rs; `exchange` runs them first on every request.
+pub fn check_token_request(p: &Params) -> Result<(), ServiceError> {
+    parse_request(p).map(|_| ())
+}
+
 impl Service {
     /// Quarantine (`block_new`). If the store is down, issuance continues (contract §6).
     async fn check_quarantine(&self, subject: &str, now: i64) -> Result<(), ServiceError> {
