@@ -8,8 +8,8 @@ mod common;
 
 use common::mtls::{add_x509_authorities, ca, leaf};
 use common::{
-    API, Auth, Env, ISSUER, JWT_TYPE, LEDGER, OPS, PAYMENTS, PAYMENTS_WORKER, ROGUE, RS, Resp,
-    STATIC_CLIENT, Server, TOKEN_EXCHANGE, jws_part, raw_jws, sha256_hex,
+    API, Auth, Env, ISSUER, LEDGER, OPS, PAYMENTS, PAYMENTS_WORKER, ROGUE, RS, Resp, STATIC_CLIENT,
+    Server, TOKEN_EXCHANGE, jws_part, raw_jws, sha256_hex,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -47,15 +47,6 @@ fn expect(
     }
     assert_eq!(line["remote_addr"], "127.0.0.1", "case {name}");
     line
-}
-
-fn token_exchange_form<'a>(svid: &'a str, audience: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("grant_type", TOKEN_EXCHANGE),
-        ("subject_token", svid),
-        ("subject_token_type", JWT_TYPE),
-        ("audience", audience),
-    ]
 }
 
 #[tokio::test]
@@ -116,7 +107,11 @@ async fn every_request_kind_and_error_path_is_audited_once_with_its_fields() {
         Some(&srv.env.other_key),
     );
     let r = srv
-        .post_form("/token", &token_exchange_form(&forged, LEDGER), Auth::None)
+        .post_form(
+            "/token",
+            &common::exchange_form(&forged, LEDGER),
+            Auth::None,
+        )
         .await;
     r.assert_error(400, "invalid_grant");
     let line = expect(

@@ -349,15 +349,6 @@ async fn token_error(srv: &Server, form: &[(&str, &str)], auth: Auth<'_>, status
     );
 }
 
-fn exchange_form<'a>(svid: &'a str, audience: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("grant_type", TOKEN_EXCHANGE),
-        ("subject_token", svid),
-        ("subject_token_type", JWT_TYPE),
-        ("audience", audience),
-    ]
-}
-
 #[tokio::test]
 async fn token_invalid_request() {
     let srv = Env::new().start().await;
@@ -368,22 +359,22 @@ async fn token_invalid_request() {
         ("audience", LEDGER),
     ];
     token_error(&srv, &no_subject, Auth::None, 400, "invalid_request").await;
-    let mut both = exchange_form(&svid, LEDGER);
+    let mut both = common::exchange_form(&svid, LEDGER);
     both.push(("resource", API));
     token_error(&srv, &both, Auth::None, 400, "invalid_request").await;
-    let mut no_target = exchange_form(&svid, LEDGER);
+    let mut no_target = common::exchange_form(&svid, LEDGER);
     no_target.retain(|(k, _)| *k != "audience");
     token_error(&srv, &no_target, Auth::None, 400, "invalid_request").await;
-    let mut bad_type = exchange_form(&svid, LEDGER);
+    let mut bad_type = common::exchange_form(&svid, LEDGER);
     bad_type[2].1 = "urn:ietf:params:oauth:token-type:saml2";
     token_error(&srv, &bad_type, Auth::None, 400, "invalid_request").await;
-    let mut bad_requested = exchange_form(&svid, LEDGER);
+    let mut bad_requested = common::exchange_form(&svid, LEDGER);
     bad_requested.push((
         "requested_token_type",
         "urn:ietf:params:oauth:token-type:saml2",
     ));
     token_error(&srv, &bad_requested, Auth::None, 400, "invalid_request").await;
-    let mut actor_without_type = exchange_form(&svid, LEDGER);
+    let mut actor_without_type = common::exchange_form(&svid, LEDGER);
     actor_without_type.push(("actor_token", &svid));
     token_error(
         &srv,
@@ -394,7 +385,7 @@ async fn token_invalid_request() {
     )
     .await;
     // The same SVID is fine in a well-formed request, with `resource` as the target.
-    let mut ok = exchange_form(&svid, LEDGER);
+    let mut ok = common::exchange_form(&svid, LEDGER);
     ok[3] = ("resource", LEDGER);
     assert_eq!(srv.post_form("/token", &ok, Auth::None).await.status, 200);
     srv.assert_every_request_audited_once();
@@ -404,7 +395,7 @@ async fn token_invalid_request() {
 async fn token_unsupported_grant_type() {
     let srv = Env::new().start().await;
     let svid = srv.svid(PAYMENTS, 600);
-    let mut form = exchange_form(&svid, LEDGER);
+    let mut form = common::exchange_form(&svid, LEDGER);
     form[0].1 = "password";
     token_error(&srv, &form, Auth::None, 400, "unsupported_grant_type").await;
     form[0].1 = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -553,7 +544,7 @@ async fn token_invalid_target_and_invalid_scope() {
         "invalid_target",
     )
     .await;
-    let mut form = exchange_form(&svid, LEDGER);
+    let mut form = common::exchange_form(&svid, LEDGER);
     form.push(("scope", "ledger:read ledger:admin"));
     token_error(&srv, &form, Auth::None, 400, "invalid_scope").await;
     let r = srv.exchange(&svid, LEDGER, Some("ledger:write")).await;
@@ -895,7 +886,7 @@ async fn delegation_puts_the_listed_actor_in_act() {
     let srv = Env::new().start().await;
     let subject = srv.svid(FRONTEND, 600);
     let edge = srv.svid(EDGE, 600);
-    let mut form = exchange_form(&subject, API);
+    let mut form = common::exchange_form(&subject, API);
     form.push(("actor_token", &edge));
     form.push(("actor_token_type", JWT_TYPE));
     let r = srv.post_form("/token", &form, Auth::None).await;
@@ -905,7 +896,7 @@ async fn delegation_puts_the_listed_actor_in_act() {
     assert_eq!(claims["act"], json!({"sub": EDGE}));
 
     let rogue = srv.svid(ROGUE, 600);
-    let mut form = exchange_form(&subject, API);
+    let mut form = common::exchange_form(&subject, API);
     form.push(("actor_token", &rogue));
     form.push(("actor_token_type", JWT_TYPE));
     token_error(&srv, &form, Auth::None, 400, "invalid_grant").await;

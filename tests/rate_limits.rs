@@ -14,8 +14,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::net::IpAddr;
 use tessera::clock::{Clock as _, SystemClock};
-use tessera::config::{Rate, RedisSettings};
-use tessera::jose::SigningKey;
+use tessera::config::Rate;
 
 /// `Retry-After` of a 429 `slow_down`, after checking the status, the code and that
 /// the body echoes no credential.
@@ -100,35 +99,9 @@ async fn per_identity_burst_is_twice_the_rate_then_slow_down_and_the_clock_refil
 
 /// A Redis-backed environment on real time (Redis expires keys on its own clock).
 fn redis_env(url: &str, rate: &str) -> Env {
-    let mut env = Env::new();
-    env.clock.set(SystemClock.now());
-    env.settings.redis = Some(RedisSettings {
-        url: url.to_owned(),
-        key_prefix: format!("rl{}:", env.clock.now()),
-        min_replicas_ack: 0,
-    });
+    let mut env = Env::new().on_redis(url, "rl", 0);
     env.settings.per_identity_limit = Some(Rate::parse(rate).unwrap());
     env
-}
-
-/// Another replica of `a`: same configuration, keys, bundles, clock and Redis.
-fn replica_of(a: &Env) -> Env {
-    let copy = |k: &SigningKey| SigningKey::from_pkcs8(k.alg(), k.pkcs8()).unwrap();
-    Env {
-        dir: tempfile::tempdir().unwrap(),
-        config_path: a.config_path.clone(),
-        settings: a.settings.clone(),
-        clock: a.clock.clone(),
-        example_key: copy(&a.example_key),
-        other_key: copy(&a.other_key),
-        admin_token: a.admin_token.clone(),
-        static_secret: a.static_secret.clone(),
-        pki: common::TestPki {
-            ca_pem: a.pki.ca_pem.clone(),
-            cert_pem: a.pki.cert_pem.clone(),
-            key_pem: a.pki.key_pem.clone(),
-        },
-    }
 }
 
 #[tokio::test]
@@ -141,7 +114,7 @@ async fn two_replicas_on_one_redis_share_the_per_identity_limit() {
     // time) cannot drop the state while the test runs.
     let a_env = redis_env(&redis.url(), "2/m");
     let prefix = a_env.settings.redis.as_ref().unwrap().key_prefix.clone();
-    let b_env = replica_of(&a_env);
+    let b_env = a_env.replica();
     let (a, b) = (a_env.start().await, b_env.start().await);
     let svid = a.svid(PAYMENTS, 600);
     for i in 0..4 {

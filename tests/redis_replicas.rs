@@ -14,47 +14,16 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tessera::clock::{Clock as _, SystemClock};
-use tessera::config::RedisSettings;
-use tessera::jose::SigningKey;
 
 /// An environment whose store is Redis at `url`; the clock is set to real time because
 /// Redis expires keys on its own clock.
 fn redis_env(url: &str, min_replicas_ack: u32) -> Env {
-    let mut env = Env::new();
-    env.clock.set(SystemClock.now());
-    env.settings.redis = Some(RedisSettings {
-        url: url.to_owned(),
-        key_prefix: format!("t{}:", env.clock.now()),
-        min_replicas_ack,
-    });
-    env
-}
-
-/// A second replica of `a`: same configuration, key directory, bundles and Redis, its
-/// own listeners and audit buffer.
-fn replica_of(a: &Env) -> Env {
-    let copy = |k: &SigningKey| SigningKey::from_pkcs8(k.alg(), k.pkcs8()).unwrap();
-    Env {
-        dir: tempfile::tempdir().unwrap(),
-        config_path: a.config_path.clone(),
-        settings: a.settings.clone(),
-        clock: a.clock.clone(),
-        example_key: copy(&a.example_key),
-        other_key: copy(&a.other_key),
-        admin_token: a.admin_token.clone(),
-        static_secret: a.static_secret.clone(),
-        pki: common::TestPki {
-            ca_pem: a.pki.ca_pem.clone(),
-            cert_pem: a.pki.cert_pem.clone(),
-            key_pem: a.pki.key_pem.clone(),
-        },
-    }
+    Env::new().on_redis(url, "t", min_replicas_ack)
 }
 
 async fn two_replicas(url: &str) -> (Server, Server) {
     let a = redis_env(url, 0);
-    let b = replica_of(&a);
+    let b = a.replica();
     (a.start().await, b.start().await)
 }
 

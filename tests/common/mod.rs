@@ -361,6 +361,39 @@ file = "audit.jsonl"
         }
     }
 
+    /// The store is Redis at `url` under `key_prefix`; the clock is set to real time
+    /// because Redis expires keys on its own clock.
+    pub fn on_redis(mut self, url: &str, key_prefix: &str, min_replicas_ack: u32) -> Self {
+        self.clock.set(tessera::clock::SystemClock.now());
+        self.settings.redis = Some(tessera::config::RedisSettings {
+            url: url.to_owned(),
+            key_prefix: format!("{key_prefix}{}:", self.clock.now()),
+            min_replicas_ack,
+        });
+        self
+    }
+
+    /// Another replica of this environment: same configuration, keys, bundles, clock
+    /// and store, its own directory, listeners and audit buffer.
+    pub fn replica(&self) -> Env {
+        let copy = |k: &SigningKey| SigningKey::from_pkcs8(k.alg(), k.pkcs8()).unwrap();
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            config_path: self.config_path.clone(),
+            settings: self.settings.clone(),
+            clock: self.clock.clone(),
+            example_key: copy(&self.example_key),
+            other_key: copy(&self.other_key),
+            admin_token: self.admin_token.clone(),
+            static_secret: self.static_secret.clone(),
+            pki: TestPki {
+                ca_pem: self.pki.ca_pem.clone(),
+                cert_pem: self.pki.cert_pem.clone(),
+                key_pem: self.pki.key_pem.clone(),
+            },
+        }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -439,6 +472,16 @@ impl Default for Env {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// An RFC 8693 exchange form for a JWT-SVID subject token.
+pub fn exchange_form<'a>(svid: &'a str, audience: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("grant_type", TOKEN_EXCHANGE),
+        ("subject_token", svid),
+        ("subject_token_type", JWT_TYPE),
+        ("audience", audience),
+    ]
 }
 
 /// How a request authenticates.
@@ -598,12 +641,7 @@ impl Server {
 
     /// RFC 8693 exchange of a JWT-SVID.
     pub async fn exchange(&self, svid: &str, audience: &str, scope: Option<&str>) -> Resp {
-        let mut form = vec![
-            ("grant_type", TOKEN_EXCHANGE),
-            ("subject_token", svid),
-            ("subject_token_type", JWT_TYPE),
-            ("audience", audience),
-        ];
+        let mut form = exchange_form(svid, audience);
         if let Some(s) = scope {
             form.push(("scope", s));
         }
