@@ -222,26 +222,56 @@ fn form(headers: &HeaderMap, body: &[u8]) -> Result<Params, ServiceError> {
             "body must be application/x-www-form-urlencoded".into(),
         ));
     }
+    // RFC 6749 Appendix B: names and values are UTF-8. The decoder would replace bad
+    // bytes with U+FFFD, so check the decoded bytes first (a real U+FFFD is fine).
+    if !body
+        .split(|b| *b == b'&' || *b == b'=')
+        .all(decodes_to_utf8)
+    {
+        return Err(ServiceError::InvalidRequest(
+            "form field is not valid UTF-8".into(),
+        ));
+    }
     let mut map = BTreeMap::new();
     for (i, (k, v)) in form_urlencoded::parse(body).enumerate() {
         if i >= MAX_FORM_FIELDS {
             return Err(ServiceError::InvalidRequest("too many form fields".into()));
         }
-        // The decoder replaces invalid UTF-8 with U+FFFD; such a body is malformed
-        // (RFC 6749 Appendix B: UTF-8), not a request for an odd-looking value.
-        if k.contains('\u{FFFD}') || v.contains('\u{FFFD}') {
-            return Err(ServiceError::InvalidRequest(
-                "form field is not valid UTF-8".into(),
-            ));
-        }
-        let key: String = k.chars().take(64).collect();
-        if map.insert(key.clone(), v.into_owned()).is_some() {
+        let key = k.into_owned();
+        if map.contains_key(&key) {
+            let shown: String = key.chars().take(64).collect();
             return Err(ServiceError::InvalidRequest(format!(
-                "duplicated parameter {key}"
+                "duplicated parameter {shown}"
             )));
         }
+        map.insert(key, v.into_owned());
     }
     Ok(Params(map))
+}
+
+/// Whether one `application/x-www-form-urlencoded` name or value (`+` is a space,
+/// `%XX` a byte) decodes to valid UTF-8.
+fn decodes_to_utf8(part: &[u8]) -> bool {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut bytes = Vec::with_capacity(part.len());
+    let mut i = 0;
+    while i < part.len() {
+        let escaped = match (part[i], part.get(i + 1), part.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) => hex(h).zip(hex(l)),
+            _ => None,
+        };
+        match escaped {
+            Some((h, l)) => {
+                bytes.push(u8::try_from(h * 16 + l).unwrap_or(0));
+                i += 3;
+            }
+            None => {
+                bytes.push(if part[i] == b'+' { b' ' } else { part[i] });
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&bytes).is_ok()
 }
 
 fn body_or_413(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
@@ -654,4 +684,19 @@ pub fn decode_form(content_type: &str, body: &[u8]) -> Result<Params, ServiceErr
         headers.insert(header::CONTENT_TYPE, v);
     }
     form(&headers, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decodes_to_utf8;
+
+    #[test]
+    fn form_parts_are_checked_as_decoded_utf8() {
+        assert!(decodes_to_utf8(b"plain+text%20ok"));
+        assert!(decodes_to_utf8("%EF%BF%BD and é".as_bytes()));
+        assert!(decodes_to_utf8(b"100%"));
+        assert!(!decodes_to_utf8(b"%FF"));
+        assert!(!decodes_to_utf8(b"%E2%82"));
+        assert!(!decodes_to_utf8(&[b'a', 0xC3]));
+    }
 }
