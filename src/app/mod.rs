@@ -60,31 +60,31 @@ pub enum AppError {
 /// Refuses secret files with any group or other permission bit, naming the file and
 /// the fix. Files that do not exist yet are left to the code that reads or creates them.
 fn check_private_file(what: &str, path: &std::path::Path) -> Result<(), AppError> {
+    check_mode(what, path, 0o077, "readable", "chmod 600")
+}
+
+/// Refuses a key directory that group or others may write: they could swap keyring.json.
+fn check_private_dir(what: &str, dir: &std::path::Path) -> Result<(), AppError> {
+    check_mode(what, dir, 0o022, "writable", "chmod 700")
+}
+
+fn check_mode(
+    what: &str,
+    path: &std::path::Path,
+    forbidden: u32,
+    by_others: &str,
+    fix: &str,
+) -> Result<(), AppError> {
     use std::os::unix::fs::PermissionsExt as _;
     let Ok(meta) = std::fs::metadata(path) else {
         return Ok(());
     };
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if mode & forbidden != 0 {
+        let p = path.display();
+        let kind = if meta.is_dir() { "it" } else { "a secret" };
         return Err(AppError::FileMode(format!(
-            "{what} {p} has mode {mode:04o}: a secret must not be readable by group or others; run `chmod 600 {p}`",
-            p = path.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Refuses a key directory that group or others may write: they could swap keyring.json.
-fn check_private_dir(what: &str, dir: &std::path::Path) -> Result<(), AppError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let Ok(meta) = std::fs::metadata(dir) else {
-        return Ok(());
-    };
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o022 != 0 {
-        return Err(AppError::FileMode(format!(
-            "{what} {d} has mode {mode:04o}: it must not be writable by group or others; run `chmod 700 {d}`",
-            d = dir.display()
+            "{what} {p} has mode {mode:04o}: {kind} must not be {by_others} by group or others; run `{fix} {p}`"
         )));
     }
     Ok(())
