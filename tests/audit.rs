@@ -587,6 +587,29 @@ fn urlenc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// `client_credentials` with `tls_client_auth`: the certificate is the credential.
+async fn client_credentials_over_mtls(
+    srv: &Server,
+    identity_pem: &str,
+    request_id: &str,
+    audience: &str,
+) -> reqwest::Response {
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(srv.env.pki.ca_pem.as_bytes()).unwrap(),
+        )
+        .identity(reqwest::Identity::from_pem(identity_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    client
+        .post(format!("{}/token", srv.public))
+        .header("x-request-id", request_id)
+        .form(&[("grant_type", "client_credentials"), ("audience", audience)])
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn mtls_credential_sha256_is_the_client_certificate_der_hash() {
     let env = Env::new();
@@ -596,20 +619,7 @@ async fn mtls_credential_sha256_is_the_client_certificate_der_hash() {
     add_x509_authorities(&env, &example, &other);
     let srv = env.start().await;
     let cert = leaf(&example, &[PAYMENTS], |_| {});
-    let client = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(srv.env.pki.ca_pem.as_bytes()).unwrap(),
-        )
-        .identity(reqwest::Identity::from_pem(cert.identity_pem.as_bytes()).unwrap())
-        .build()
-        .unwrap();
-    let r = client
-        .post(format!("{}/token", srv.public))
-        .header("x-request-id", "mtls-cc-1")
-        .form(&[("grant_type", "client_credentials"), ("audience", LEDGER)])
-        .send()
-        .await
-        .unwrap();
+    let r = client_credentials_over_mtls(&srv, &cert.identity_pem, "mtls-cc-1", LEDGER).await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     let token = body["access_token"].as_str().unwrap();
@@ -625,20 +635,7 @@ async fn mtls_credential_sha256_is_the_client_certificate_der_hash() {
     // A refused certificate still names its hash: repeated attempts with one stolen or
     // forged certificate can be found.
     let bad = leaf(&example, &[PAYMENTS_WORKER], |_| {});
-    let client = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(srv.env.pki.ca_pem.as_bytes()).unwrap(),
-        )
-        .identity(reqwest::Identity::from_pem(bad.identity_pem.as_bytes()).unwrap())
-        .build()
-        .unwrap();
-    let r = client
-        .post(format!("{}/token", srv.public))
-        .header("x-request-id", "mtls-cc-2")
-        .form(&[("grant_type", "client_credentials"), ("audience", API)])
-        .send()
-        .await
-        .unwrap();
+    let r = client_credentials_over_mtls(&srv, &bad.identity_pem, "mtls-cc-2", API).await;
     assert_eq!(r.status(), 400);
     let line = srv.audit_of("mtls-cc-2");
     assert_eq!(
