@@ -984,7 +984,8 @@ pub async fn inventory_pagination<B: Backend + ?Sized>(s: &B, run: &Run) -> Chec
     }
 }
 
-/// Newest first; `since` is inclusive; subject and outcome filter exactly.
+/// Newest first, single and batched appends alike; `since` is inclusive; subject and
+/// outcome filter exactly.
 pub async fn audit_tail<B: Backend + ?Sized>(s: &B, run: &Run) -> CheckResult {
     let sub = run.subject("audit");
     let other = run.subject("audit-other");
@@ -999,9 +1000,13 @@ pub async fn audit_tail<B: Backend + ?Sized>(s: &B, run: &Run) -> CheckResult {
     let e3 = ev(3, Some(&other), "ok");
     let e4 = ev(4, Some(&sub), "ok");
     let e5 = ev(5, None, "error");
-    for e in [&e1, &e2, &e3, &e4, &e5] {
+    // Two one by one, three as one batch: order holds across both.
+    for e in [&e1, &e2] {
         s.append_audit(e).await.ctx("append_audit")?;
     }
+    s.append_audit_batch(&[e3.clone(), e4.clone(), e5.clone()])
+        .await
+        .ctx("append_audit_batch")?;
     let f =
         |subject: Option<&str>, outcome: Option<&str>, since: Option<UnixSeconds>| AuditFilter {
             since,

@@ -11,8 +11,12 @@
 //! - `once`: one-time key → `expires_at` of its mark ([`ReplayGuard`]); a mark past
 //!   `expires_at` counts as absent and is overwritten, `purge_expired` drops it.
 //!
-//! Threading: every write transaction (`first_use` included) and every scan runs in `spawn_blocking` (a commit
-//! may fsync, a scan may touch many pages). Point reads (`is_revoked`, `blocked_until`,
+//! Threading: informative writes (inventory and audit tail, one or more per issued token)
+//! go to one writer thread that commits whatever has queued in a single transaction
+//! (group commit): under load one commit serves many requests, and callers never contend
+//! for redb's single write lock. A caller's write has committed before its `await`
+//! returns. Every other write transaction (`first_use` included) and every scan runs in
+//! `spawn_blocking` (a commit may fsync, a scan may touch many pages). Point reads (`is_revoked`, `blocked_until`,
 //! `get_issued`, `ping`) run inline: a few B-tree lookups served from redb's page cache
 //! cost less than the thread hop, and `is_revoked` is on the introspection hot path.
 
@@ -35,7 +39,6 @@ use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocations");
@@ -62,10 +65,139 @@ pub struct EmbeddedStore {
 }
 
 struct Inner {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
     audit_cap: usize,
-    informative_writes: AtomicU64,
+    writer: Option<GroupWriter>,
+}
+
+/// An informative write, queued for the writer thread.
+enum Informative {
+    Issued(IssuedToken),
+    Audit(Vec<StoredAuditEvent>),
+}
+
+struct WriteJob {
+    op: Informative,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Jobs one group commit takes at most; the queue holds a few batches.
+const GROUP_MAX: usize = 256;
+
+/// The writer thread and its queue. Dropping it closes the queue and joins the thread,
+/// so the database file is closed when the store is (a reopen right after works).
+struct GroupWriter {
+    queue: Option<tokio::sync::mpsc::Sender<WriteJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for GroupWriter {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl GroupWriter {
+    fn start(db: Arc<Database>, audit_cap: u64) -> Result<Self, StoreError> {
+        let (queue, mut jobs) = tokio::sync::mpsc::channel::<WriteJob>(4 * GROUP_MAX);
+        let thread = std::thread::Builder::new()
+            .name("tessera-store-writer".into())
+            .spawn(move || {
+                let mut commits = 0u64;
+                while let Some(first) = jobs.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < GROUP_MAX {
+                        match jobs.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    commits += 1;
+                    // Every CHECKPOINT_EVERY-th commit is durable: a crash loses a bounded
+                    // amount even when nothing is revoked for hours.
+                    let durability = if commits.is_multiple_of(CHECKPOINT_EVERY) {
+                        Durability::Immediate
+                    } else {
+                        Durability::None
+                    };
+                    commit_group(&db, audit_cap, durability, batch);
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start store writer: {e}")))?;
+        Ok(Self {
+            queue: Some(queue),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Applies a batch in one transaction. If any job fails, the transaction is aborted and
+/// each job is retried in a transaction of its own, so one bad write fails only its
+/// caller.
+fn commit_group(db: &Database, audit_cap: u64, durability: Durability, batch: Vec<WriteJob>) {
+    let run = |jobs: &[&Informative]| -> Result<(), StoreError> {
+        let mut txn = db.begin_write().map_err(db_err)?;
+        txn.set_durability(durability).map_err(db_err)?;
+        for op in jobs {
+            match op {
+                Informative::Issued(t) => put_issued(&txn, t)?,
+                Informative::Audit(events) => put_audit(&txn, audit_cap, events)?,
+            }
+        }
+        txn.commit().map_err(db_err)
+    };
+    let ops: Vec<&Informative> = batch.iter().map(|j| &j.op).collect();
+    let results: Vec<Result<(), StoreError>> = match run(&ops) {
+        Ok(()) => batch.iter().map(|_| Ok(())).collect(),
+        Err(_) if batch.len() > 1 => batch.iter().map(|j| run(&[&j.op])).collect(),
+        Err(e) => vec![Err(e)],
+    };
+    for (job, result) in batch.into_iter().zip(results) {
+        let _ = job.done.send(result);
+    }
+}
+
+fn put_issued(txn: &WriteTransaction, token: &IssuedToken) -> Result<(), StoreError> {
+    let mut tokens = txn.open_table(TOKENS).map_err(db_err)?;
+    let mut by_iat = txn.open_table(TOKENS_BY_IAT).map_err(db_err)?;
+    let previous = tokens
+        .insert(token.jti.as_str(), encode(token)?.as_slice())
+        .map_err(db_err)?
+        .map(|g| decode::<IssuedToken>(g.value()))
+        .transpose()?;
+    if let Some(old) = previous {
+        by_iat.remove((old.iat, old.jti.as_str())).map_err(db_err)?;
+    }
+    by_iat
+        .insert((token.iat, token.jti.as_str()), ())
+        .map_err(db_err)?;
+    Ok(())
+}
+
+fn put_audit(
+    txn: &WriteTransaction,
+    cap: u64,
+    events: &[StoredAuditEvent],
+) -> Result<(), StoreError> {
+    let mut audit = txn.open_table(AUDIT).map_err(db_err)?;
+    let mut seq = audit
+        .last()
+        .map_err(db_err)?
+        .map_or(0, |(k, _)| k.value() + 1);
+    for event in events {
+        audit
+            .insert(seq, encode(event)?.as_slice())
+            .map_err(db_err)?;
+        seq += 1;
+    }
+    while audit.len().map_err(db_err)? > cap {
+        audit.pop_first().map_err(db_err)?;
+    }
+    Ok(())
 }
 
 impl fmt::Debug for EmbeddedStore {
@@ -112,14 +244,34 @@ impl EmbeddedStore {
         txn.open_table(AUDIT).map_err(db_err)?;
         txn.open_table(ONCE).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
+        let db = Arc::new(db);
+        let audit_cap = audit_cap.max(1);
+        let writer = GroupWriter::start(db.clone(), u64::try_from(audit_cap).unwrap_or(u64::MAX))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_owned(),
-                audit_cap: audit_cap.max(1),
-                informative_writes: AtomicU64::new(0),
+                audit_cap,
+                writer: Some(writer),
             }),
         })
+    }
+
+    /// Queues an informative write for the writer thread and waits for its commit.
+    async fn write_informative(&self, op: Informative) -> Result<(), StoreError> {
+        let gone = || StoreError::Unavailable("embedded store writer stopped".into());
+        let queue = self
+            .inner
+            .writer
+            .as_ref()
+            .and_then(|w| w.queue.as_ref())
+            .ok_or_else(gone)?;
+        let (done, committed) = tokio::sync::oneshot::channel();
+        queue
+            .send(WriteJob { op, done })
+            .await
+            .map_err(|_| gone())?;
+        committed.await.map_err(|_| gone())?
     }
 
     /// Runs `f` in a write transaction on the blocking pool and commits it.
@@ -152,21 +304,6 @@ impl EmbeddedStore {
 
     fn read_now(&self) -> Result<ReadTransaction, StoreError> {
         self.inner.db.begin_read().map_err(db_err)
-    }
-
-    /// Inventory and audit entries are informative (losing the last few in a crash
-    /// hides nothing that matters for security), so they skip the fsync; the next
-    /// durable commit (any revoke, lift, purge or checkpoint) persists them too.
-    fn informative_durability(&self) -> Durability {
-        let n = self
-            .inner
-            .informative_writes
-            .fetch_add(1, Ordering::Relaxed);
-        if n % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1 {
-            Durability::Immediate
-        } else {
-            Durability::None
-        }
     }
 }
 
@@ -470,24 +607,8 @@ impl RevocationStore for EmbeddedStore {
 #[async_trait]
 impl TokenInventory for EmbeddedStore {
     async fn record_issued(&self, token: &IssuedToken) -> Result<(), StoreError> {
-        let token = token.clone();
-        self.write(self.informative_durability(), move |txn| {
-            let mut tokens = txn.open_table(TOKENS).map_err(db_err)?;
-            let mut by_iat = txn.open_table(TOKENS_BY_IAT).map_err(db_err)?;
-            let previous = tokens
-                .insert(token.jti.as_str(), encode(&token)?.as_slice())
-                .map_err(db_err)?
-                .map(|g| decode::<IssuedToken>(g.value()))
-                .transpose()?;
-            if let Some(old) = previous {
-                by_iat.remove((old.iat, old.jti.as_str())).map_err(db_err)?;
-            }
-            by_iat
-                .insert((token.iat, token.jti.as_str()), ())
-                .map_err(db_err)?;
-            Ok(())
-        })
-        .await
+        self.write_informative(Informative::Issued(token.clone()))
+            .await
     }
 
     async fn get_issued(&self, jti: &str) -> Result<Option<IssuedToken>, StoreError> {
@@ -589,21 +710,12 @@ impl ReplayGuard for EmbeddedStore {
 #[async_trait]
 impl AuditTail for EmbeddedStore {
     async fn append_audit(&self, event: &StoredAuditEvent) -> Result<(), StoreError> {
-        let raw = encode(event)?;
-        let cap = u64::try_from(self.inner.audit_cap).unwrap_or(u64::MAX);
-        self.write(self.informative_durability(), move |txn| {
-            let mut audit = txn.open_table(AUDIT).map_err(db_err)?;
-            let seq = audit
-                .last()
-                .map_err(db_err)?
-                .map_or(0, |(k, _)| k.value() + 1);
-            audit.insert(seq, raw.as_slice()).map_err(db_err)?;
-            while audit.len().map_err(db_err)? > cap {
-                audit.pop_first().map_err(db_err)?;
-            }
-            Ok(())
-        })
-        .await
+        self.append_audit_batch(std::slice::from_ref(event)).await
+    }
+
+    async fn append_audit_batch(&self, events: &[StoredAuditEvent]) -> Result<(), StoreError> {
+        self.write_informative(Informative::Audit(events.to_vec()))
+            .await
     }
 
     /// `limit` follows the listing rule: 0 is the default page, at most 1000.

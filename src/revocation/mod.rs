@@ -205,6 +205,14 @@ pub trait TokenInventory: Send + Sync + 'static {
 pub trait AuditTail: Send + Sync + 'static {
     /// Appends one event; the tail is capped, the oldest events fall off.
     async fn append_audit(&self, event: &StoredAuditEvent) -> Result<(), StoreError>;
+    /// Appends events in order, in as few writes as the backend allows (the service's
+    /// audit task drains its queue into one call).
+    async fn append_audit_batch(&self, events: &[StoredAuditEvent]) -> Result<(), StoreError> {
+        for event in events {
+            self.append_audit(event).await?;
+        }
+        Ok(())
+    }
     /// Newest first, at most `limit`.
     async fn recent_audit(
         &self,

@@ -1974,8 +1974,16 @@ impl SharedRateLimit for RedisStore {
 #[async_trait]
 impl AuditTail for RedisStore {
     async fn append_audit(&self, event: &StoredAuditEvent) -> Result<(), StoreError> {
+        self.append_audit_batch(std::slice::from_ref(event)).await
+    }
+
+    /// One pipeline (one round trip) for the whole batch.
+    async fn append_audit_batch(&self, events: &[StoredAuditEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let mut p = Pipeline::new();
-        {
+        for event in events {
             let x = p
                 .cmd("XADD")
                 .arg(self.inner.keys.audit())

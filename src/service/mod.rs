@@ -269,6 +269,8 @@ pub struct ServiceParts {
 
 /// Audit events for the store's tail are written by one task, off the request path.
 const AUDIT_QUEUE: usize = 4096;
+/// Audit events written to the store's tail in one call, at most.
+const AUDIT_TAIL_BATCH: usize = 256;
 
 impl Service {
     /// Builds the service and spawns its audit-tail writer (needs a tokio runtime).
@@ -311,10 +313,13 @@ impl Service {
         });
         let tail = p.audit_tail;
         tokio::spawn(async move {
-            while let Some(ev) = rx.recv().await {
-                if let Err(e) = tail.append_audit(&ev).await {
-                    tracing::warn!(error = %e, "audit tail append failed");
+            // Whatever queued while the last write ran goes in the next one.
+            let mut batch = Vec::with_capacity(AUDIT_TAIL_BATCH);
+            while rx.recv_many(&mut batch, AUDIT_TAIL_BATCH).await > 0 {
+                if let Err(e) = tail.append_audit_batch(&batch).await {
+                    tracing::warn!(error = %e, events = batch.len(), "audit tail append failed");
                 }
+                batch.clear();
             }
         });
         svc
