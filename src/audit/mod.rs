@@ -106,9 +106,10 @@ impl AuditEvent {
     }
 }
 
-/// Where audit lines go.
+/// Where audit lines go. `json` is `event.to_json()`, serialized once per request and
+/// shared with the store's audit tail.
 pub trait AuditSink: Send + Sync + 'static {
-    fn emit(&self, event: &AuditEvent);
+    fn emit(&self, event: &AuditEvent, json: &str);
 }
 
 /// JSON lines on any writer (stdout, a file, or a buffer in tests).
@@ -138,16 +139,15 @@ impl JsonLines {
 }
 
 impl AuditSink for JsonLines {
-    fn emit(&self, event: &AuditEvent) {
-        let mut line = event.to_json();
-        line.push('\n');
+    fn emit(&self, _event: &AuditEvent, json: &str) {
         let mut out = self
             .out
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // An audit write failure must not fail the request; it is reported on stderr.
+        // One write per line (O_APPEND keeps lines whole); a failure must not fail the
+        // request, it is reported on stderr.
         if out
-            .write_all(line.as_bytes())
+            .write_all(format!("{json}\n").as_bytes())
             .and_then(|()| out.flush())
             .is_err()
         {

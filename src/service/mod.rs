@@ -348,12 +348,13 @@ impl Service {
         if !ctx.request_id.is_empty() {
             ev.request_id = Some(ctx.request_id.clone());
         }
-        self.audit_sink.emit(&ev);
+        let json = ev.to_json();
+        self.audit_sink.emit(&ev, &json);
         let stored = StoredAuditEvent {
             ts: ev.ts,
-            subject: ev.subject.clone(),
+            subject: ev.subject,
             outcome: ev.outcome.as_str().to_owned(),
-            json: ev.to_json(),
+            json,
         };
         if self.audit_tx.try_send(stored).is_err() {
             self.counters.audit_dropped.fetch_add(1, Ordering::Relaxed);
