@@ -219,12 +219,13 @@ pub struct Counters {
     pub argon2id_verifications: AtomicU64,
 }
 
-/// Verified access tokens remembered for introspection. An entry is the decoded claims
-/// and the kid: its heap is shorter than the compact token it came from (base64url
-/// decodes to 3/4), so with tokens of at most `TOKEN_CACHE_MAX_TOKEN_BYTES` an entry
-/// takes at most ~2.5 KiB with the map slot and the struct (our tokens are typically
-/// ~700 bytes: ~1 KiB an entry). Bound: 65,536 × ~2.5 KiB ≈ 160 MiB in the worst case,
-/// ~64 MiB when full of typical tokens.
+/// Verified access tokens remembered for introspection. A map slot holds the key, the
+/// `CheckedToken` struct and two times (~310 bytes; the map keeps up to twice as many
+/// slots as entries); the strings behind it are shorter than the compact token they were
+/// decoded from (base64url is 4/3 of the bytes), and only tokens of at most
+/// `TOKEN_CACHE_MAX_TOKEN_BYTES` are stored. Bound when full: 131,072 slots × ~310 B
+/// (~40 MiB) + 65,536 × ≤ 2 KiB of strings ≈ 170 MiB at worst; our tokens are typically
+/// ~600 bytes with ~300 bytes of strings, ≈ 60 MiB.
 const TOKEN_CACHE_CAPACITY: usize = 65_536;
 /// Longer tokens (very long SPIFFE IDs) are verified on every request, never cached.
 const TOKEN_CACHE_MAX_TOKEN_BYTES: usize = 2_048;
@@ -243,6 +244,9 @@ const STATIC_CLIENT_CACHE_CAPACITY: usize = 1_024;
 const STATIC_CLIENT_CACHE_SECS: i64 = 60;
 
 /// A verified JWT-SVID and the bundle that verified it (see `Service::verified_jwt_svid`).
+/// Holding the `Arc` keeps a replaced bundle in memory until its cached SVIDs are looked
+/// up, evicted or expire (at most their remaining life); it also rules out a new bundle
+/// reusing the old one's address and passing for it.
 #[derive(Clone)]
 struct CachedSvid {
     identity: VerifiedIdentity,
