@@ -88,6 +88,42 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], JoseError> {
     Ok(buf)
 }
 
+/// HMAC-SHA256 (RFC 2104) under a random key that never leaves this process: a keyed
+/// fast hash for remembering that a secret verified (the static-client cache of
+/// `service`) without keeping anything an offline guesser could test candidates
+/// against. Local use only — never a JWS algorithm (HMAC tokens stay refused).
+pub struct ProcessMac(ring::hmac::Key);
+
+impl ProcessMac {
+    /// A fresh key from the system CSPRNG (our copy of the bytes is wiped; ring keeps
+    /// its own key schedule for the life of the value).
+    pub fn random() -> Result<Self, JoseError> {
+        let bytes = zeroize::Zeroizing::new(random_bytes::<32>()?);
+        Ok(Self(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            bytes.as_ref(),
+        )))
+    }
+
+    /// The tag of the concatenation of `parts` (fed in order, never copied into one
+    /// buffer). Callers make the concatenation unambiguous (length prefixes).
+    pub fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut ctx = ring::hmac::Context::with_key(&self.0);
+        for p in parts {
+            ctx.update(p);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+}
+
+impl fmt::Debug for ProcessMac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProcessMac(redacted)")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alg {
     Es256,
@@ -793,5 +829,21 @@ mod tests {
     fn small_rsa_keys_are_refused() {
         let jwk = json!({"kty":"RSA","e":"AQAB","n": b64url(&[0xff; 128])});
         assert!(VerifyingKey::from_jwk(jwk.as_object().unwrap()).is_err());
+    }
+
+    #[test]
+    fn process_mac_is_keyed_and_reads_the_parts_in_order() {
+        let (a, b) = (ProcessMac::random().unwrap(), ProcessMac::random().unwrap());
+        let t = a.tag(&[b"id", b"secret"]);
+        assert_eq!(t, a.tag(&[b"ids", b"ecret"]), "the parts are concatenated");
+        assert_eq!(t, a.tag(&[b"idsecret"]));
+        assert_ne!(t, a.tag(&[b"id", b"secreT"]));
+        assert_ne!(
+            t,
+            b.tag(&[b"id", b"secret"]),
+            "another process, another key"
+        );
+        assert_ne!(t, sha256(b"idsecret"));
+        assert_eq!(format!("{a:?}"), "ProcessMac(redacted)");
     }
 }

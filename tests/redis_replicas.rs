@@ -67,6 +67,17 @@ async fn two_replicas_on_standalone_redis_500_trials() {
     let redis = RedisServer::start();
     let (a, b) = two_replicas(&redis.url()).await;
     revoke_on_a_holds_on_b(&a, &b, 500).await;
+    // B answered every post-revocation introspection from its verified-token cache, so
+    // the revocation held through a cache hit: the store is asked on every request.
+    let hits = b
+        .svc
+        .render_metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("tessera_cache_hits_total{cache=\"introspection\"} "))
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(hits >= 500, "B's introspection cache hits: {hits}");
 
     // Subject and kid revocations and the inventory are shared too.
     let token = a.token_for(PAYMENTS, LEDGER, None).await;

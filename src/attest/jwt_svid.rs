@@ -10,7 +10,7 @@
 //! Key-carrying headers (`jwk`, `jku`, `x5c`, `x5u`) are never consulted: keys come
 //! from the trust bundle alone (RFC 8725 §3.10).
 
-use super::{AttestError, BundleSource};
+use super::{AttestError, BundleSource, TrustBundle};
 use crate::clock::UnixSeconds;
 use crate::domain::identity::VerifierProof;
 use crate::domain::{CredentialKind, Principal, SpiffeId, VerifiedIdentity};
@@ -89,6 +89,29 @@ impl JwtSvidVerifier {
         audiences: &[String],
         now: UnixSeconds,
     ) -> Result<VerifiedIdentity, AttestError> {
+        self.verify_parsed_with_bundle(jws, audiences, now)
+            .map(|(identity, _)| identity)
+    }
+
+    /// As `verify`, also returning the bundle whose key verified the signature: a caller
+    /// that remembers the result can tell later whether that trust domain's bundle is
+    /// still the same one (`Arc::ptr_eq` against `BundleSource::bundle`; every source
+    /// swaps in a new `Arc` when a bundle changes).
+    pub fn verify_keeping_bundle(
+        &self,
+        unverified_token: &str,
+        now: UnixSeconds,
+    ) -> Result<(VerifiedIdentity, Arc<TrustBundle>), AttestError> {
+        let jws = parse_jws(unverified_token)?;
+        self.verify_parsed_with_bundle(jws, &self.accept_audiences, now)
+    }
+
+    fn verify_parsed_with_bundle(
+        &self,
+        jws: UnverifiedJws<'_>,
+        audiences: &[String],
+        now: UnixSeconds,
+    ) -> Result<(VerifiedIdentity, Arc<TrustBundle>), AttestError> {
         if !alg_allowed(jws.alg) {
             return Err(AttestError::AlgNotAllowed(jws.alg.as_str().to_owned()));
         }
@@ -129,13 +152,14 @@ impl JwtSvidVerifier {
         })?;
         let expires_at = check_times(&claims, now, self.leeway)?;
         check_audience(&claims, audiences)?;
-        Ok(VerifiedIdentity::new(
+        let identity = VerifiedIdentity::new(
             VerifierProof::new(),
             Principal::Spiffe(id),
             CredentialKind::JwtSvid,
             expires_at,
             None,
-        ))
+        );
+        Ok((identity, bundle))
     }
 }
 

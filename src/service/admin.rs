@@ -71,10 +71,7 @@ impl Service {
                 if bearer.split('.').count() != 3 {
                     return Err(failed());
                 }
-                let identity = self
-                    .jwt_svids
-                    .verify(bearer, self.now())
-                    .map_err(|_| failed())?;
+                let identity = self.verified_jwt_svid(bearer).map_err(|_| failed())?;
                 identity.spiffe_id().cloned().ok_or_else(failed)?
             }
             // No bearer: the connection's X.509-SVID (mTLS), if any.

@@ -3,6 +3,7 @@
 //! `grpc`) only translate. No axum, tonic or redis type appears here.
 
 pub mod admin;
+mod cache;
 pub mod exchange;
 pub mod introspect;
 mod limiter;
@@ -10,18 +11,21 @@ mod limiter;
 use crate::attest::jwt_svid::JwtSvidVerifier;
 use crate::attest::x509::ServerCertResolver;
 use crate::attest::x509::X509SvidVerifier;
-use crate::attest::{AttestError, CombinedBundles, OidcVerifier, TrustBundles};
+use crate::attest::{
+    AttestError, BundleSource as _, CombinedBundles, OidcVerifier, TrustBundle, TrustBundles,
+};
 use crate::audit::{AuditEvent, AuditSink, Outcome};
 use crate::clock::{SharedClock, UnixSeconds};
 use crate::config::{Settings, StaticClient};
 use crate::domain::{SpiffeId, VerifiedIdentity};
 use crate::jose;
-use crate::mint::Minter;
+use crate::mint::{CheckedToken, MintError, Minter};
 use crate::policy::{CompiledPolicy, SpiffePattern};
 use crate::revocation::{
     AuditTail, ReplayGuard, RevocationStore, SharedRateLimit, StoredAuditEvent, TokenInventory,
 };
 use arc_swap::ArcSwap;
+use cache::ExpiringCache;
 use rustls_pki_types::CertificateDer;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -211,6 +215,78 @@ pub struct Counters {
     pub rate_limited_failed_auth: AtomicU64,
     /// Token requests the local limiter judged because the shared one was unreachable.
     pub rate_limit_fallbacks: AtomicU64,
+    /// argon2id verifications of static-client secrets actually run (cache misses).
+    pub argon2id_verifications: AtomicU64,
+}
+
+/// Verified access tokens remembered for introspection. A map slot holds the key, the
+/// `CheckedToken` struct and two times (~310 bytes; the map keeps up to twice as many
+/// slots as entries); the strings behind it are shorter than the compact token they were
+/// decoded from (base64url is 4/3 of the bytes), and only tokens of at most
+/// `TOKEN_CACHE_MAX_TOKEN_BYTES` are stored. Bound when full: 131,072 slots × ~310 B
+/// (~40 MiB) + 65,536 × ≤ 2 KiB of strings ≈ 170 MiB at worst; our tokens are typically
+/// ~600 bytes with ~300 bytes of strings, ≈ 60 MiB.
+const TOKEN_CACHE_CAPACITY: usize = 65_536;
+/// Longer tokens (very long SPIFFE IDs) are verified on every request, never cached.
+const TOKEN_CACHE_MAX_TOKEN_BYTES: usize = 2_048;
+/// Verified JWT-SVIDs of callers (client assertions, admin bearer SVIDs). An entry is a
+/// SPIFFE ID (at most 2,048 bytes) and a shared pointer to a bundle: at most ~2.3 KiB,
+/// so ≤ ~40 MiB; callers reuse their SVID until it nears expiry, so it stays far below.
+const ASSERTION_CACHE_CAPACITY: usize = 16_384;
+/// Static introspection clients whose secret passed argon2id. Only successes are
+/// remembered and each client has one secret that verifies, so this holds at most one
+/// entry per configured client (48 bytes each).
+const STATIC_CLIENT_CACHE_CAPACITY: usize = 1_024;
+/// How long a static client's verified secret skips argon2id: long enough that a
+/// steady caller pays argon2id about once a minute, short enough that a secret rotated
+/// out of the configuration (which needs a restart anyway) or a stolen-and-reported
+/// secret is not honoured from memory for long.
+const STATIC_CLIENT_CACHE_SECS: i64 = 60;
+
+/// A verified JWT-SVID and the bundle that verified it (see `Service::verified_jwt_svid`).
+/// Holding the `Arc` keeps a replaced bundle in memory until its cached SVIDs are looked
+/// up, evicted or expire (at most their remaining life); it also rules out a new bundle
+/// reusing the old one's address and passing for it.
+#[derive(Clone)]
+struct CachedSvid {
+    identity: VerifiedIdentity,
+    bundle: Arc<TrustBundle>,
+}
+
+/// The hot-path caches (docs/architecture.md "Hot-path caches"). Each remembers only
+/// successful verifications, keyed by a digest of the credential, never the credential.
+struct HotCaches {
+    tokens: ExpiringCache<CheckedToken>,
+    assertions: ExpiringCache<CachedSvid>,
+    static_clients: ExpiringCache<()>,
+    /// Keys the static-client cache; `None` (no randomness at start) disables it.
+    static_client_mac: Option<jose::ProcessMac>,
+}
+
+impl HotCaches {
+    fn new() -> Self {
+        let static_client_mac = jose::ProcessMac::random()
+            .map_err(|e| {
+                tracing::error!(error = %e, "no key for the static-client cache; every request runs argon2id");
+            })
+            .ok();
+        Self {
+            tokens: ExpiringCache::new(TOKEN_CACHE_CAPACITY),
+            assertions: ExpiringCache::new(ASSERTION_CACHE_CAPACITY),
+            static_clients: ExpiringCache::new(STATIC_CLIENT_CACHE_CAPACITY),
+            static_client_mac,
+        }
+    }
+
+    /// The static-client cache key: HMAC-SHA256 under the process key of the id's
+    /// length (8 bytes, big-endian), the id and the secret. The length prefix keeps
+    /// ("a\0b", "c") and ("a", "b\0c") apart, which a separator byte would not, since a
+    /// presented id may contain any byte.
+    fn static_client_key(&self, id: &str, secret: &str) -> Option<cache::CacheKey> {
+        let mac = self.static_client_mac.as_ref()?;
+        let len = u64::try_from(id.len()).unwrap_or(u64::MAX).to_be_bytes();
+        Some(mac.tag(&[&len, id.as_bytes(), secret.as_bytes()]))
+    }
 }
 
 /// State that `POST /admin/v1/policy/reload` swaps atomically.
@@ -242,6 +318,7 @@ pub struct Service {
     pub(crate) failed_auth: Option<FailedAuthLimiter>,
     pub counters: Counters,
     pub(crate) server_cert: Option<ServerCertResolver>,
+    caches: HotCaches,
 }
 
 /// The parts `app` wires together.
@@ -308,6 +385,7 @@ impl Service {
             limiter,
             failed_auth,
             counters: Counters::default(),
+            caches: HotCaches::new(),
             clock: p.clock,
             settings: p.settings,
         });
@@ -397,10 +475,97 @@ impl Service {
             )));
         }
         Some(
-            self.jwt_svids.verify(assertion, self.now()).map_err(|e| {
+            self.verified_jwt_svid(assertion).map_err(|e| {
                 ServiceError::InvalidClient(format!("client assertion rejected: {e}"))
             }),
         )
+    }
+
+    /// Verifies a JWT-SVID that authenticates a caller (a client assertion, an admin
+    /// bearer SVID), remembering the result under its SHA-256 until its `exp`. Nothing
+    /// applies one-time (jti) rules to these: a caller reuses its SVID on every request
+    /// (one-time use applies only to `[[oidc_issuer]] one_time` subject tokens of
+    /// `/token`, which never come here).
+    ///
+    /// A hit is given only while `now < exp` (from then on, through the leeway, every
+    /// request is verified in full) and only while the trust domain's bundle is the very
+    /// one that verified the SVID: every bundle source swaps in a new `Arc` when a bundle
+    /// changes (file reload, Workload API update, federation refresh), so a key removed
+    /// from a bundle stops cached SVIDs at once instead of after their remaining life.
+    pub(crate) fn verified_jwt_svid(
+        &self,
+        unverified_jwt: &str,
+    ) -> Result<VerifiedIdentity, AttestError> {
+        let now = self.now();
+        let key = jose::sha256(unverified_jwt.as_bytes());
+        let same_bundle = |c: &CachedSvid| {
+            c.identity
+                .spiffe_id()
+                .and_then(|id| self.trust.bundle(&id.trust_domain()))
+                .is_some_and(|b| Arc::ptr_eq(&b, &c.bundle))
+        };
+        if let Some(hit) = self.caches.assertions.get_if(&key, now, same_bundle) {
+            return Ok(hit.identity);
+        }
+        let (identity, bundle) = self.jwt_svids.verify_keeping_bundle(unverified_jwt, now)?;
+        let exp = identity.expires_at();
+        self.caches.assertions.insert(
+            key,
+            CachedSvid {
+                identity: identity.clone(),
+                bundle,
+            },
+            now,
+            exp,
+        );
+        Ok(identity)
+    }
+
+    /// `Minter::check` through the verified-token cache (introspection). A hit is given
+    /// while `now < exp` — exactly as long as `check` would pass the token's `exp` — and
+    /// from the `now` it was verified at, so `nbf` (with leeway) holds too. Revocation is
+    /// not part of this: the caller asks the store on every request. A key taken out of
+    /// the ring (kid revocation) is covered by that store check, since the kid's
+    /// revocation is stored before the key leaves the ring and outlives its tokens.
+    pub(crate) fn checked_token(
+        &self,
+        unverified_token: &str,
+        now: UnixSeconds,
+    ) -> Result<CheckedToken, MintError> {
+        let key = jose::sha256(unverified_token.as_bytes());
+        if let Some(hit) = self.caches.tokens.get(&key, now) {
+            return Ok(hit);
+        }
+        let checked = self
+            .minter
+            .check(unverified_token, now, self.settings.leeway)?;
+        if unverified_token.len() <= TOKEN_CACHE_MAX_TOKEN_BYTES {
+            self.caches
+                .tokens
+                .insert(key, checked.clone(), now, checked.claims.exp);
+        }
+        Ok(checked)
+    }
+
+    /// Whether this static client's id and secret passed argon2id within the last
+    /// `STATIC_CLIENT_CACHE_SECS`. A wrong secret has another HMAC and never hits.
+    pub(crate) fn static_client_recently_verified(&self, id: &str, secret: &str) -> bool {
+        self.caches
+            .static_client_key(id, secret)
+            .is_some_and(|k| self.caches.static_clients.get(&k, self.now()).is_some())
+    }
+
+    /// Remembers a static client whose secret just passed argon2id.
+    pub(crate) fn remember_static_client(&self, id: &str, secret: &str) {
+        if let Some(k) = self.caches.static_client_key(id, secret) {
+            let now = self.now();
+            self.caches.static_clients.insert(
+                k,
+                (),
+                now,
+                now.saturating_add(STATIC_CLIENT_CACHE_SECS),
+            );
+        }
     }
 
     /// The X.509-SVID of the TLS connection as an identity (RFC 8705 `tls_client_auth`),
@@ -588,6 +753,7 @@ impl Service {
             "# HELP tessera_rate_limit_fallbacks_total Token requests judged by this replica's own per_identity limit because the shared store was unreachable.\n# TYPE tessera_rate_limit_fallbacks_total counter\ntessera_rate_limit_fallbacks_total {}\n",
             c.rate_limit_fallbacks.load(Ordering::Relaxed)
         ));
+        self.render_cache_metrics(&mut out);
         let health = self.trust.refresh_health();
         if !health.is_empty() {
             let now = self.now();
@@ -648,6 +814,44 @@ impl Service {
             }
         }
         out
+    }
+}
+
+impl Service {
+    /// Hits, misses and sizes of the hot-path caches, and the argon2id work they save.
+    fn render_cache_metrics(&self, out: &mut String) {
+        let c = &self.caches;
+        let caches: [(&str, (u64, u64), usize); 3] = [
+            ("introspection", c.tokens.stats(), c.tokens.len()),
+            ("client_assertion", c.assertions.stats(), c.assertions.len()),
+            (
+                "static_client",
+                c.static_clients.stats(),
+                c.static_clients.len(),
+            ),
+        ];
+        out.push_str("# HELP tessera_cache_hits_total Lookups answered from a hot-path cache of verified credentials, by cache.\n# TYPE tessera_cache_hits_total counter\n");
+        for (name, (hits, _), _) in &caches {
+            out.push_str(&format!(
+                "tessera_cache_hits_total{{cache=\"{name}\"}} {hits}\n"
+            ));
+        }
+        out.push_str("# HELP tessera_cache_misses_total Lookups a hot-path cache could not answer (the credential was verified in full), by cache.\n# TYPE tessera_cache_misses_total counter\n");
+        for (name, (_, misses), _) in &caches {
+            out.push_str(&format!(
+                "tessera_cache_misses_total{{cache=\"{name}\"}} {misses}\n"
+            ));
+        }
+        out.push_str("# HELP tessera_cache_entries Entries held by a hot-path cache, by cache.\n# TYPE tessera_cache_entries gauge\n");
+        for (name, _, len) in &caches {
+            out.push_str(&format!(
+                "tessera_cache_entries{{cache=\"{name}\"}} {len}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP tessera_argon2id_verifications_total argon2id verifications of static-client secrets run (not answered from the cache).\n# TYPE tessera_argon2id_verifications_total counter\ntessera_argon2id_verifications_total {}\n",
+            self.counters.argon2id_verifications.load(Ordering::Relaxed)
+        ));
     }
 }
 
