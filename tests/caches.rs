@@ -315,3 +315,51 @@ async fn an_admin_jwt_svid_bearer_is_cached_and_still_expires() {
     assert_eq!(r.status, 401, "{}", r.text);
     srv.assert_every_request_audited_once();
 }
+
+#[tokio::test]
+async fn a_cached_subject_svid_still_expires_and_still_needs_its_bundle() {
+    let srv = Env::new().start().await;
+    let leeway = srv.env.settings.leeway as i64;
+    let svid = srv.svid(PAYMENTS, 120);
+    let exp = jws_part(&svid, 1)["exp"].as_i64().unwrap();
+    let first = srv.exchange(&svid, LEDGER, None).await;
+    let second = srv.exchange(&svid, LEDGER, None).await;
+    assert_ne!(first.access_token(), second.access_token());
+    assert_eq!(hits(&srv, "subject_token"), 1, "the second exchange hit");
+    assert_eq!(misses(&srv, "subject_token"), 1);
+    assert_eq!(audited_fields(&srv, &first)["subject"], PAYMENTS);
+    assert_eq!(
+        audited_fields(&srv, &second)["subject"],
+        audited_fields(&srv, &first)["subject"]
+    );
+    // A client assertion cached under the same SVID text is no subject-token hit, and
+    // the reverse: the caches are apart.
+    assert_eq!(hits(&srv, "client_assertion"), 0);
+
+    // Past exp + leeway a cached SVID is refused like any other.
+    srv.clock().set(exp + leeway);
+    srv.exchange(&svid, LEDGER, None)
+        .await
+        .assert_error(400, "invalid_grant");
+
+    // A fresh SVID, cached, then its key leaves example.org's bundle: refused at once.
+    srv.clock().set(exp - 60);
+    let svid = srv.svid(PAYMENTS, 120);
+    srv.exchange(&svid, LEDGER, None).await.access_token();
+    srv.exchange(&svid, LEDGER, None).await.access_token();
+    assert_eq!(hits(&srv, "subject_token"), 2);
+    let other = tessera::jose::SigningKey::generate(tessera::jose::SigningAlg::ES256).unwrap();
+    std::fs::write(
+        srv.env.path().join("bundles/example.org.json"),
+        bundle_json(&other, other.kid()),
+    )
+    .unwrap();
+    let r = srv
+        .admin(Method::POST, "/admin/v1/policy/reload", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    srv.exchange(&svid, LEDGER, None)
+        .await
+        .assert_error(400, "invalid_grant");
+    srv.assert_every_request_audited_once();
+}

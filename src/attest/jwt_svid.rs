@@ -106,7 +106,7 @@ impl JwtSvidVerifier {
         self.verify_parsed_with_bundle(jws, &self.accept_audiences, now)
     }
 
-    fn verify_parsed_with_bundle(
+    pub(crate) fn verify_parsed_with_bundle(
         &self,
         jws: UnverifiedJws<'_>,
         audiences: &[String],

@@ -138,10 +138,11 @@ pub async fn verify_subject_token(
         return oidc.verify(jws, unverified_token, now).await;
     }
     let foreign_issuer = iss.is_some();
-    match svids.verify_parsed(jws, svids.accept_audiences(), now) {
-        Ok(identity) => Ok(SubjectToken {
+    match svids.verify_parsed_with_bundle(jws, svids.accept_audiences(), now) {
+        Ok((identity, bundle)) => Ok(SubjectToken {
             identity,
             one_time: None,
+            svid_bundle: Some(bundle),
         }),
         // An OIDC token of an issuer we do not trust: say that, not "not a SPIFFE ID".
         Err(AttestError::NotASpiffeId(_) | AttestError::InvalidClaim("sub")) if foreign_issuer => {

@@ -166,6 +166,8 @@ pub struct SubjectToken {
     pub identity: VerifiedIdentity,
     /// Set for `one_time` issuers: what the replay guard must mark as used.
     pub one_time: Option<OneTimeUse>,
+    /// For a JWT-SVID: the trust bundle that verified it (see `JwtSvidVerifier::verify_keeping_bundle`).
+    pub svid_bundle: Option<std::sync::Arc<super::TrustBundle>>,
 }
 
 /// The store key that makes a token single-use, and how long it must be remembered.
@@ -388,7 +390,11 @@ impl OidcVerifier {
             expires_at,
             None,
         );
-        Ok(SubjectToken { identity, one_time })
+        Ok(SubjectToken {
+            identity,
+            one_time,
+            svid_bundle: None,
+        })
     }
 }
 

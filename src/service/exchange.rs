@@ -4,7 +4,7 @@
 
 use super::limiter::Verdict;
 use super::{CallerCredentials, Params, RequestContext, Service, ServiceError};
-use crate::attest::{OneTimeUse, verify_subject_token};
+use crate::attest::OneTimeUse;
 use crate::audit::AuditEvent;
 use crate::domain::{Audience, ScopeSet, SpiffeId, VerifiedIdentity};
 use crate::mint::MintRequest;
@@ -158,8 +158,7 @@ impl Service {
             match req.unverified_subject_token {
                 Some(token) => {
                     ev.credential_sha256 = Some(super::sha256_hex(token.as_bytes()));
-                    let verified =
-                        verify_subject_token(&self.jwt_svids, &self.oidc, token, now).await?;
+                    let verified = self.verified_subject_token(token, now).await?;
                     (verified.identity, verified.one_time)
                 }
                 None => {

@@ -12,7 +12,8 @@ use crate::attest::jwt_svid::JwtSvidVerifier;
 use crate::attest::x509::ServerCertResolver;
 use crate::attest::x509::X509SvidVerifier;
 use crate::attest::{
-    AttestError, BundleSource as _, CombinedBundles, OidcVerifier, TrustBundle, TrustBundles,
+    AttestError, BundleSource as _, CombinedBundles, OidcVerifier, SubjectToken, TrustBundle,
+    TrustBundles, verify_subject_token,
 };
 use crate::audit::{AuditEvent, AuditSink, Outcome};
 use crate::clock::{SharedClock, UnixSeconds};
@@ -233,6 +234,10 @@ const TOKEN_CACHE_MAX_TOKEN_BYTES: usize = 2_048;
 /// SPIFFE ID (at most 2,048 bytes) and a shared pointer to a bundle: at most ~2.3 KiB,
 /// so ≤ ~40 MiB; callers reuse their SVID until it nears expiry, so it stays far below.
 const ASSERTION_CACHE_CAPACITY: usize = 16_384;
+/// Verified JWT-SVID subject tokens of `/token` (a workload exchanges its SVID for
+/// several audiences, or again before its access token expires); bounded like the
+/// assertion cache. OIDC subject tokens are never cached (`one_time` must see each use).
+const SUBJECT_CACHE_CAPACITY: usize = 16_384;
 /// Static introspection clients whose secret passed argon2id. Only successes are
 /// remembered and each client has one secret that verifies, so this holds at most one
 /// entry per configured client (48 bytes each).
@@ -258,6 +263,9 @@ struct CachedSvid {
 struct HotCaches {
     tokens: ExpiringCache<CheckedToken>,
     assertions: ExpiringCache<CachedSvid>,
+    /// Kept apart from `assertions`: a hit here must mean "verified as a subject token",
+    /// which routes OIDC issuers first (contract §2).
+    subject_svids: ExpiringCache<CachedSvid>,
     static_clients: ExpiringCache<()>,
     /// Keys the static-client cache; `None` (no randomness at start) disables it.
     static_client_mac: Option<jose::ProcessMac>,
@@ -273,6 +281,7 @@ impl HotCaches {
         Self {
             tokens: ExpiringCache::new(TOKEN_CACHE_CAPACITY),
             assertions: ExpiringCache::new(ASSERTION_CACHE_CAPACITY),
+            subject_svids: ExpiringCache::new(SUBJECT_CACHE_CAPACITY),
             static_clients: ExpiringCache::new(STATIC_CLIENT_CACHE_CAPACITY),
             static_client_mac,
         }
@@ -498,12 +507,7 @@ impl Service {
     ) -> Result<VerifiedIdentity, AttestError> {
         let now = self.now();
         let key = jose::sha256(unverified_jwt.as_bytes());
-        let same_bundle = |c: &CachedSvid| {
-            c.identity
-                .spiffe_id()
-                .and_then(|id| self.trust.bundle(&id.trust_domain()))
-                .is_some_and(|b| Arc::ptr_eq(&b, &c.bundle))
-        };
+        let same_bundle = |c: &CachedSvid| self.bundle_unchanged(c);
         if let Some(hit) = self.caches.assertions.get_if(&key, now, same_bundle) {
             return Ok(hit.identity);
         }
@@ -519,6 +523,47 @@ impl Service {
             exp,
         );
         Ok(identity)
+    }
+
+    /// Whether the trust domain of a cached SVID still has the bundle that verified it.
+    fn bundle_unchanged(&self, c: &CachedSvid) -> bool {
+        c.identity
+            .spiffe_id()
+            .and_then(|id| self.trust.bundle(&id.trust_domain()))
+            .is_some_and(|b| Arc::ptr_eq(&b, &c.bundle))
+    }
+
+    /// `verify_subject_token` through the subject-token cache, with the same hit rules
+    /// as [`Self::verified_jwt_svid`]. Only JWT-SVIDs are remembered; an OIDC token is
+    /// verified (and, for `one_time` issuers, marked) on every request.
+    pub(crate) async fn verified_subject_token(
+        &self,
+        unverified_token: &str,
+        now: UnixSeconds,
+    ) -> Result<SubjectToken, AttestError> {
+        let key = jose::sha256(unverified_token.as_bytes());
+        let same_bundle = |c: &CachedSvid| self.bundle_unchanged(c);
+        if let Some(hit) = self.caches.subject_svids.get_if(&key, now, same_bundle) {
+            return Ok(SubjectToken {
+                identity: hit.identity,
+                one_time: None,
+                svid_bundle: Some(hit.bundle),
+            });
+        }
+        let verified =
+            verify_subject_token(&self.jwt_svids, &self.oidc, unverified_token, now).await?;
+        if let (Some(bundle), None) = (&verified.svid_bundle, &verified.one_time) {
+            self.caches.subject_svids.insert(
+                key,
+                CachedSvid {
+                    identity: verified.identity.clone(),
+                    bundle: bundle.clone(),
+                },
+                now,
+                verified.identity.expires_at(),
+            );
+        }
+        Ok(verified)
     }
 
     /// `Minter::check` through the verified-token cache (introspection). A hit is given
@@ -821,9 +866,14 @@ impl Service {
     /// Hits, misses and sizes of the hot-path caches, and the argon2id work they save.
     fn render_cache_metrics(&self, out: &mut String) {
         let c = &self.caches;
-        let caches: [(&str, (u64, u64), usize); 3] = [
+        let caches: [(&str, (u64, u64), usize); 4] = [
             ("introspection", c.tokens.stats(), c.tokens.len()),
             ("client_assertion", c.assertions.stats(), c.assertions.len()),
+            (
+                "subject_token",
+                c.subject_svids.stats(),
+                c.subject_svids.len(),
+            ),
             (
                 "static_client",
                 c.static_clients.stats(),
