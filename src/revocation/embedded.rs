@@ -57,6 +57,9 @@ const MAX_PAGE: usize = 1_000;
 /// Inventory and audit writes commit without fsync; every this many of them one commits
 /// durably, so a crash loses a bounded amount even when nothing is revoked for hours.
 const CHECKPOINT_EVERY: u64 = 1_024;
+/// redb's page cache (its default is 1 GiB, which a busy inventory fills): the hot pages
+/// of `is_revoked` (revocations, index) are few; inventory pages are written, rarely read.
+const PAGE_CACHE_BYTES: usize = 16 << 20;
 
 /// The redb-backed store. Cheap to clone: clones share one open database.
 #[derive(Clone)]
@@ -184,15 +187,14 @@ fn put_audit(
     events: &[StoredAuditEvent],
 ) -> Result<(), StoreError> {
     let mut audit = txn.open_table(AUDIT).map_err(db_err)?;
-    let mut seq = audit
+    let first = audit
         .last()
         .map_err(db_err)?
         .map_or(0, |(k, _)| k.value() + 1);
-    for event in events {
+    for (seq, event) in (first..).zip(events) {
         audit
             .insert(seq, encode(event)?.as_slice())
             .map_err(db_err)?;
-        seq += 1;
     }
     while audit.len().map_err(db_err)? > cap {
         audit.pop_first().map_err(db_err)?;
@@ -222,18 +224,23 @@ impl EmbeddedStore {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let db = Database::create(path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
-                StoreError::Unavailable(format!(
-                    "{} is locked by another tessera process? ({e})",
-                    path.display()
-                ))
-            }
-            other => match db_err(other) {
-                StoreError::Corrupt(m) => StoreError::Corrupt(format!("{}: {m}", path.display())),
-                e => StoreError::Unavailable(format!("{}: {e}", path.display())),
-            },
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(PAGE_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| match e {
+                DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+                    StoreError::Unavailable(format!(
+                        "{} is locked by another tessera process? ({e})",
+                        path.display()
+                    ))
+                }
+                other => match db_err(other) {
+                    StoreError::Corrupt(m) => {
+                        StoreError::Corrupt(format!("{}: {m}", path.display()))
+                    }
+                    e => StoreError::Unavailable(format!("{}: {e}", path.display())),
+                },
+            })?;
         // Create every table up front so read transactions never meet a missing one.
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
