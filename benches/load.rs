@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench load                        # 5 s per row, 50 revocation trials
 //! LOAD_SECS=10 LOAD_LAG_TRIALS=200 cargo bench --bench load
+//! LOAD_STORES=redis LOAD_ENDPOINTS=/token cargo bench --bench load   # a subset, e.g. for perf
 //! ```
 //!
 //! It starts `tessera serve --config` as its own process on loopback (TLS 1.3, ES256
@@ -283,12 +284,15 @@ struct Row {
     peak_rss_mib: f64,
 }
 
+/// Whether an answer is the expected success.
+type Check = fn(u16, &[u8]) -> bool;
+
 struct Load<'a> {
     addr: SocketAddr,
     tls: &'a TlsConnector,
     path: &'static str,
     bodies: Arc<Vec<Bytes>>,
-    check: fn(u16, &[u8]) -> bool,
+    check: Check,
 }
 
 /// Drives `concurrency` connections for `warmup + measure`; only the second part counts.
@@ -414,39 +418,57 @@ async fn measure_store(
         let token = issue(&mut conn, &exchange).await;
         introspections.push(introspect_body(&token, &assertion));
     }
-    let loads = [
-        Load {
-            addr: server.public,
-            tls: &tls,
-            path: "/token",
-            bodies: Arc::new(vec![exchange.clone()]),
-            check: is_token,
-        },
-        Load {
-            addr: server.public,
-            tls: &tls,
-            path: "/introspect",
-            bodies: Arc::new(introspections),
-            check: is_active,
-        },
+    // Three kinds of row: an exchange with a JWT-SVID never seen before (full ES256
+    // verification, then signing), an exchange re-presenting one SVID (its verification
+    // comes from the subject-token cache, as for a workload that exchanges its SVID for
+    // several audiences), and introspection.
+    let kinds: [(&'static str, &'static str, Check); 3] = [
+        ("/token (new SVID each)", "/token", is_token),
+        ("/token (SVID reused)", "/token", is_token),
+        ("/introspect", "/introspect", is_active),
     ];
-    for load in &loads {
+    let introspections = Arc::new(introspections);
+    // LOAD_ENDPOINTS=/token (or /introspect) runs one endpoint's rows.
+    let endpoints = std::env::var("LOAD_ENDPOINTS").unwrap_or_else(|_| "/token,/introspect".into());
+    for (label, path, check) in kinds.into_iter().filter(|k| endpoints.contains(k.1)) {
         for concurrency in [16, 64] {
+            let bodies = match label {
+                "/introspect" => introspections.clone(),
+                "/token (SVID reused)" => Arc::new(vec![exchange.clone()]),
+                // More SVIDs than the row can send at 15,000/s, so none repeats.
+                _ => Arc::new(
+                    (0..15_000 * (warmup + measure).as_secs())
+                        .map(|_| exchange_body(&env.svid(common::PAYMENTS, 3600)))
+                        .collect(),
+                ),
+            };
+            let load = Load {
+                addr: server.public,
+                tls: &tls,
+                path,
+                bodies,
+                check,
+            };
             let m = drive(
-                load,
+                &load,
                 concurrency,
                 warmup,
                 measure,
                 (server.pid(), redis_pid),
             )
             .await;
+            if m.per_sec * (warmup + measure).as_secs_f64() > load.bodies.len() as f64
+                && label.contains("new SVID")
+            {
+                eprintln!("load: {label} sent more requests than it had SVIDs; some repeated");
+            }
             eprintln!(
-                "load: {store_name} {} c={concurrency}: {:.0}/s",
-                load.path, m.per_sec
+                "load: {store_name} {label} c={concurrency}: {:.0}/s",
+                m.per_sec
             );
             rows.push(Row {
                 store: store_name,
-                endpoint: load.path,
+                endpoint: label,
                 concurrency,
                 m,
                 peak_rss_mib: peak_rss_mib(server.pid()),
@@ -462,8 +484,13 @@ struct LagTrial {
     call: Duration,
 }
 
-/// Revoke on A while pollers introspect on B; see the module comment.
-async fn revocation_lag(env: &common::Env, store: &Store, trials: u64) -> Vec<LagTrial> {
+/// Revoke on A while pollers introspect on B; see the module comment. Also returns the
+/// admin call's duration on idle replicas (no pollers), for comparison.
+async fn revocation_lag(
+    env: &common::Env,
+    store: &Store,
+    trials: u64,
+) -> (Vec<LagTrial>, Vec<Duration>) {
     let a = Tessera::start(env, "replica-a", store).await;
     let b = Tessera::start(env, "replica-b", store).await;
     let tls = tls_connector(env);
@@ -482,6 +509,20 @@ async fn revocation_lag(env: &common::Env, store: &Store, trials: u64) -> Vec<La
     let mut pollers = Vec::new();
     for _ in 0..4 {
         pollers.push(Conn::open(b.public, &tls).await);
+    }
+    let mut idle_calls = Vec::new();
+    for _ in 0..20 {
+        let token = issue(&mut on_a, &exchange).await;
+        let start = Instant::now();
+        let resp = admin
+            .post(&admin_url)
+            .bearer_auth(&env.admin_token)
+            .json(&serde_json::json!({"jti": jti_of(&token), "reason": "load benchmark"}))
+            .send()
+            .await
+            .unwrap();
+        idle_calls.push(start.elapsed());
+        assert_eq!(resp.status(), 201, "revocation failed");
     }
     let mut out = Vec::new();
     for _ in 0..trials {
@@ -542,7 +583,7 @@ async fn revocation_lag(env: &common::Env, store: &Store, trials: u64) -> Vec<La
         }
         out.push(trial);
     }
-    out
+    (out, idle_calls)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -574,7 +615,8 @@ async fn main() {
     if stores.contains("redis") {
         measure_store(&env, "redis", &store, redis.pid(), &mut rows).await;
     }
-    let trials = revocation_lag(&env, &store, env_num("LOAD_LAG_TRIALS", 50).max(1)).await;
+    let (trials, mut idle_calls) =
+        revocation_lag(&env, &store, env_num("LOAD_LAG_TRIALS", 50).max(1)).await;
 
     println!(
         "\nTLS 1.3, HTTP/1.1 keep-alive, one request in flight per connection, {} s per row; \
@@ -607,15 +649,18 @@ async fn main() {
     let mut calls: Vec<Duration> = trials.iter().map(|t| t.call).collect();
     lags.sort_unstable();
     calls.sort_unstable();
+    idle_calls.sort_unstable();
     let stale: u64 = trials.iter().map(|t| t.stale).sum();
     let after: u64 = trials.iter().map(|t| t.polls_after_return).sum();
     println!(
         "\nRevocation across two replicas sharing Redis ({} trials, 4 pollers on B): \
          stale answers after the admin call returned: {stale} of {after}; \
-         admin call p50 {:.2} ms, max {:.2} ms; revoke-start → first inactive on B p50 {:.2} ms, max {:.2} ms",
+         admin call p50 {:.2} ms, max {:.2} ms (on idle replicas: p50 {:.2} ms); \
+         revoke-start → first inactive on B p50 {:.2} ms, max {:.2} ms",
         trials.len(),
         ms(calls[calls.len() / 2]),
         ms(calls[calls.len() - 1]),
+        ms(idle_calls[idle_calls.len() / 2]),
         ms(lags[lags.len() / 2]),
         ms(lags[lags.len() - 1]),
     );
