@@ -489,3 +489,43 @@ async fn sentinel_failover_keeps_revocations_and_the_store_follows_the_new_maste
         .unwrap();
     assert!(listed.items.iter().any(|r| r.id == rec.id));
 }
+
+/// Inventory keys expire in Redis by themselves (EXPIREAT = exp), so a purge at a time
+/// Redis's clock has already reached scans nothing; only a purge ahead of Redis's clock
+/// (skew, or this suite's T in 2030) walks `tok:*`.
+#[tokio::test]
+async fn purge_scans_the_inventory_only_when_ahead_of_the_redis_clock() {
+    if !available("purge_scans_the_inventory_only_when_ahead_of_the_redis_clock") {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::connect(config(&server.url())).await.unwrap();
+    let now = tessera::clock::Clock::now(&tessera::clock::SystemClock);
+    for i in 0..20 {
+        let token = tessera::revocation::IssuedToken {
+            jti: format!("jti-{i}"),
+            sub: "spiffe://example.org/workload".into(),
+            aud: "https://api.example.org".into(),
+            scope: None,
+            kid: "k1".into(),
+            iat: now,
+            exp: now + 3600,
+        };
+        tessera::revocation::TokenInventory::record_issued(&store, &token)
+            .await
+            .unwrap();
+    }
+    let scans = || {
+        let stats = cli(server.port, &["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
+            .and_then(|v| v.split(',').next())
+            .map_or(0, |v| v.parse::<u64>().unwrap())
+    };
+    assert_eq!(store.purge_expired(now).await.unwrap(), 0);
+    assert_eq!(scans(), 0, "a purge at Redis's own time scanned the inventory");
+    // An hour and a bit ahead of Redis: the entries are past exp for us, not for Redis.
+    assert_eq!(store.purge_expired(now + 3700).await.unwrap(), 20);
+    assert!(scans() > 0, "a purge ahead of Redis's clock did not scan");
+}
