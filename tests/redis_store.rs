@@ -524,7 +524,11 @@ async fn purge_scans_the_inventory_only_when_ahead_of_the_redis_clock() {
             .map_or(0, |v| v.parse::<u64>().unwrap())
     };
     assert_eq!(store.purge_expired(now).await.unwrap(), 0);
-    assert_eq!(scans(), 0, "a purge at Redis's own time scanned the inventory");
+    assert_eq!(
+        scans(),
+        0,
+        "a purge at Redis's own time scanned the inventory"
+    );
     // An hour and a bit ahead of Redis: the entries are past exp for us, not for Redis.
     assert_eq!(store.purge_expired(now + 3700).await.unwrap(), 20);
     assert!(scans() > 0, "a purge ahead of Redis's clock did not scan");
