@@ -484,6 +484,18 @@ struct LagTrial {
     call: Duration,
 }
 
+/// `POST /admin/v1/revocations` for the token's jti; returns once it answered 201.
+async fn revoke_jti(admin: &reqwest::Client, url: &str, admin_token: &str, token: &str) {
+    let resp = admin
+        .post(url)
+        .bearer_auth(admin_token)
+        .json(&serde_json::json!({"jti": jti_of(token), "reason": "load benchmark"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "revocation failed");
+}
+
 /// Revoke on A while pollers introspect on B; see the module comment. Also returns the
 /// admin call's duration on idle replicas (no pollers), for comparison.
 async fn revocation_lag(
@@ -521,15 +533,8 @@ async fn revocation_lag(
     for _ in 0..20 {
         let token = issue(&mut on_a, &exchange).await;
         let start = Instant::now();
-        let resp = admin
-            .post(&admin_url)
-            .bearer_auth(&env.admin_token)
-            .json(&serde_json::json!({"jti": jti_of(&token), "reason": "load benchmark"}))
-            .send()
-            .await
-            .unwrap();
+        revoke_jti(&admin, &admin_url, &env.admin_token, &token).await;
         idle_calls.push(start.elapsed());
-        assert_eq!(resp.status(), 201, "revocation failed");
     }
     let mut out = Vec::new();
     for _ in 0..trials {
@@ -553,15 +558,8 @@ async fn revocation_lag(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
         let call_start = Instant::now();
-        let resp = admin
-            .post(&admin_url)
-            .bearer_auth(&env.admin_token)
-            .json(&serde_json::json!({"jti": jti_of(&token), "reason": "load benchmark"}))
-            .send()
-            .await
-            .unwrap();
+        revoke_jti(&admin, &admin_url, &env.admin_token, &token).await;
         let returned = Instant::now();
-        assert_eq!(resp.status(), 201, "revocation failed");
         tokio::time::sleep(Duration::from_millis(20)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut trial = LagTrial {

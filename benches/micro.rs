@@ -163,31 +163,19 @@ fn policy_decide(c: &mut Criterion) {
 /// 5,000 jti revocations, one subject and one kid revocation; the checked token is
 /// revoked by none of them (the common case, and the one that reads every kind).
 async fn fill(store: &dyn RevocationStore) {
-    for i in 0..5_000 {
-        store
-            .revoke(NewRevocation {
-                kind: RevocationKind::Jti,
-                value: format!("revoked-{i}"),
-                reason: "bench".into(),
-                actor: "admin-token".into(),
-                created_at: NOW,
-                expires_at: NOW + 3600,
-                block_until: None,
-            })
-            .await
-            .unwrap();
-    }
-    for (kind, value) in [
+    let jtis = (0..5_000).map(|i| (RevocationKind::Jti, format!("revoked-{i}")));
+    let others = [
         (
             RevocationKind::Subject,
-            "spiffe://example.org/ns/other/sa/x",
+            "spiffe://example.org/ns/other/sa/x".to_owned(),
         ),
-        (RevocationKind::Kid, "retired-kid"),
-    ] {
+        (RevocationKind::Kid, "retired-kid".to_owned()),
+    ];
+    for (kind, value) in jtis.chain(others) {
         store
             .revoke(NewRevocation {
                 kind,
-                value: value.into(),
+                value,
                 reason: "bench".into(),
                 actor: "admin-token".into(),
                 created_at: NOW,

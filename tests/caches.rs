@@ -50,6 +50,28 @@ fn audited_fields(srv: &Server, r: &Resp) -> Value {
     })
 }
 
+/// example.org's bundle now carries another key only, reloaded through the admin API.
+async fn replace_example_org_key(srv: &Server) {
+    let other = tessera::jose::SigningKey::generate(tessera::jose::SigningAlg::ES256).unwrap();
+    std::fs::write(
+        srv.env.path().join("bundles/example.org.json"),
+        bundle_json(&other, other.kid()),
+    )
+    .unwrap();
+    let r = srv
+        .admin(Method::POST, "/admin/v1/policy/reload", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// An admin revocation that must be stored (201).
+async fn revoke_by_admin(srv: &Server, body: Value) {
+    let r = srv
+        .admin(Method::POST, "/admin/v1/revocations", Some(body))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
 fn exp_of(token: &str) -> i64 {
     jws_part(token, 1)["exp"].as_i64().unwrap()
 }
@@ -108,38 +130,17 @@ async fn cached_tokens_are_inactive_after_admin_revocations_of_jti_subject_and_k
     assert!(hits(&srv, "introspection") >= 3);
 
     let jti = jws_part(&by_jti, 1)["jti"].clone();
-    let r = srv
-        .admin(
-            Method::POST,
-            "/admin/v1/revocations",
-            Some(json!({"jti": jti, "reason": "test"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
+    revoke_by_admin(&srv, json!({"jti": jti, "reason": "test"})).await;
     assert!(!srv.active(&by_jti).await, "jti revocation");
     assert!(srv.active(&by_subject).await);
 
     srv.clock().advance(1);
-    let r = srv
-        .admin(
-            Method::POST,
-            "/admin/v1/revocations",
-            Some(json!({"subject": PAYMENTS_WORKER, "reason": "test"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
+    revoke_by_admin(&srv, json!({"subject": PAYMENTS_WORKER, "reason": "test"})).await;
     assert!(!srv.active(&by_subject).await, "subject watermark");
     assert!(srv.active(&by_kid).await);
 
     let kid = jws_part(&by_kid, 0)["kid"].clone();
-    let r = srv
-        .admin(
-            Method::POST,
-            "/admin/v1/revocations",
-            Some(json!({"kid": kid, "reason": "test"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
+    revoke_by_admin(&srv, json!({"kid": kid, "reason": "test"})).await;
     assert!(!srv.active(&by_kid).await, "key revocation");
     srv.assert_every_request_audited_once();
 }
@@ -275,17 +276,7 @@ async fn a_cached_client_assertion_is_refused_once_its_key_leaves_the_bundle() {
     assert_eq!(srv.introspect_as(&token, rs).await.status, 200);
     assert!(hits(&srv, "client_assertion") >= 1);
 
-    // example.org's bundle now carries another key only.
-    let other = tessera::jose::SigningKey::generate(tessera::jose::SigningAlg::ES256).unwrap();
-    std::fs::write(
-        srv.env.path().join("bundles/example.org.json"),
-        bundle_json(&other, other.kid()),
-    )
-    .unwrap();
-    let r = srv
-        .admin(Method::POST, "/admin/v1/policy/reload", None)
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    replace_example_org_key(&srv).await;
     srv.introspect_as(&token, rs)
         .await
         .assert_error(401, "invalid_client");
@@ -348,16 +339,7 @@ async fn a_cached_subject_svid_still_expires_and_still_needs_its_bundle() {
     srv.exchange(&svid, LEDGER, None).await.access_token();
     srv.exchange(&svid, LEDGER, None).await.access_token();
     assert_eq!(hits(&srv, "subject_token"), 2);
-    let other = tessera::jose::SigningKey::generate(tessera::jose::SigningAlg::ES256).unwrap();
-    std::fs::write(
-        srv.env.path().join("bundles/example.org.json"),
-        bundle_json(&other, other.kid()),
-    )
-    .unwrap();
-    let r = srv
-        .admin(Method::POST, "/admin/v1/policy/reload", None)
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    replace_example_org_key(&srv).await;
     srv.exchange(&svid, LEDGER, None)
         .await
         .assert_error(400, "invalid_grant");
