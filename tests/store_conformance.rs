@@ -14,6 +14,9 @@ use tessera::revocation::{
 /// Set in the child process of `survives_kill_9`: the store path it writes to.
 const CHILD_ENV: &str = "TESSERA_STORE_CRASH_CHILD";
 const CHILD_DONE: &str = "CRASH-CHILD-DONE";
+/// `revoke`: informative writes, then a revocation (durable). `checkpoint`: one
+/// informative write on a store whose checkpoint is due at every commit, no revocation.
+const CHILD_MODE: &str = "TESSERA_STORE_CRASH_MODE";
 
 fn jti_rev(jti: &str) -> NewRevocation {
     NewRevocation {
@@ -113,8 +116,41 @@ fn second_open_of_the_same_file_names_the_lock() {
 /// non-durable inventory and audit writes that the durable revoke commit followed.
 #[test]
 fn survives_kill_9_after_revoke() {
+    after_kill_9("revoke", async |store| {
+        assert!(
+            store.is_revoked(&token_ref("crash-jti"), T).await.unwrap(),
+            "revocation acknowledged before the kill is lost"
+        );
+        let token = store.get_issued("crash-issued").await.unwrap();
+        assert!(
+            token.is_some(),
+            "inventory write before the durable commit is lost"
+        );
+        let events = store
+            .recent_audit(&AuditFilter::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            events.len(),
+            1,
+            "audit write before the durable commit: {events:?}"
+        );
+    });
+}
+
+/// Runs `crash_child` in `mode` on a new store, SIGKILLs it once it says done, and
+/// hands the reopened store to `check`.
+fn after_kill_9(mode: &str, check: impl AsyncFnOnce(EmbeddedStore)) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
+    run_and_kill_child(&path, mode);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(check(EmbeddedStore::open(&path).unwrap()));
+}
+
+fn run_and_kill_child(path: &std::path::Path, mode: &str) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -123,7 +159,8 @@ fn survives_kill_9_after_revoke() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_ENV, &path)
+        .env(CHILD_ENV, path)
+        .env(CHILD_MODE, mode)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -147,39 +184,33 @@ fn survives_kill_9_after_revoke() {
         !status.success(),
         "child was meant to be killed, exited {status}"
     );
+}
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let store = EmbeddedStore::open(&path).unwrap();
+/// An inventory write with no revocation after it survives a crash once its checkpoint
+/// was due: the writer thread's periodic durable commit is what bounds the loss (with
+/// a checkpoint an hour away the same write is lost to the kill).
+#[test]
+fn informative_write_survives_kill_9_when_its_checkpoint_was_due() {
+    after_kill_9("checkpoint", async |store| {
         assert!(
-            store.is_revoked(&token_ref("crash-jti"), T).await.unwrap(),
-            "revocation acknowledged before the kill is lost"
-        );
-        let token = store.get_issued("crash-issued").await.unwrap();
-        assert!(
-            token.is_some(),
-            "inventory write before the durable commit is lost"
-        );
-        let events = store
-            .recent_audit(&AuditFilter::default(), 10)
-            .await
-            .unwrap();
-        assert_eq!(
-            events.len(),
-            1,
-            "audit write before the durable commit: {events:?}"
+            store.get_issued("crash-issued").await.unwrap().is_some(),
+            "inventory write committed at a due checkpoint was lost"
         );
     });
 }
 
-/// The child half of `survives_kill_9_after_revoke`; does nothing useful on its own.
+/// The child half of the kill -9 tests; does nothing useful on its own.
 #[tokio::test]
-#[ignore = "run by survives_kill_9_after_revoke as a child process"]
+#[ignore = "run by the kill -9 tests as a child process"]
 async fn crash_child() {
     let path = std::env::var_os(CHILD_ENV).expect("crash_child runs only as a child process");
-    let store = EmbeddedStore::open(std::path::Path::new(&path)).unwrap();
+    let checkpoint = std::env::var(CHILD_MODE).as_deref() == Ok("checkpoint");
+    let store = if checkpoint {
+        EmbeddedStore::open_with(std::path::Path::new(&path), 100, std::time::Duration::ZERO)
+    } else {
+        EmbeddedStore::open(std::path::Path::new(&path))
+    }
+    .unwrap();
     let issued = IssuedToken {
         jti: "crash-issued".to_owned(),
         sub: "spiffe://example.org/workload".to_owned(),
@@ -190,6 +221,11 @@ async fn crash_child() {
         exp: T + 3600,
     };
     store.record_issued(&issued).await.unwrap();
+    if checkpoint {
+        println!("{CHILD_DONE}");
+        std::thread::sleep(std::time::Duration::from_secs(600));
+        panic!("crash_child was not killed");
+    }
     let event = StoredAuditEvent {
         ts: T,
         subject: None,

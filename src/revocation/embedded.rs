@@ -108,7 +108,11 @@ impl Drop for GroupWriter {
 }
 
 impl GroupWriter {
-    fn start(db: Arc<Database>, audit_cap: u64) -> Result<Self, StoreError> {
+    fn start(
+        db: Arc<Database>,
+        audit_cap: u64,
+        checkpoint_interval: std::time::Duration,
+    ) -> Result<Self, StoreError> {
         let (queue, mut jobs) = tokio::sync::mpsc::channel::<WriteJob>(4 * GROUP_MAX);
         let thread = std::thread::Builder::new()
             .name("tessera-store-writer".into())
@@ -124,7 +128,7 @@ impl GroupWriter {
                             Err(_) => break,
                         }
                     }
-                    let durability = if last_durable.elapsed() >= CHECKPOINT_INTERVAL {
+                    let durability = if last_durable.elapsed() >= checkpoint_interval {
                         last_durable = std::time::Instant::now();
                         Durability::Immediate
                     } else {
@@ -222,6 +226,17 @@ impl EmbeddedStore {
 
     /// Like [`open`](Self::open), keeping at most `audit_cap` (at least 1) audit events.
     pub fn open_with_audit_cap(path: &Path, audit_cap: usize) -> Result<Self, StoreError> {
+        Self::open_with(path, audit_cap, CHECKPOINT_INTERVAL)
+    }
+
+    /// Like [`open_with_audit_cap`](Self::open_with_audit_cap), with the longest time
+    /// between durable commits of inventory and audit writes (`Duration::ZERO`: every
+    /// group commit is durable).
+    pub fn open_with(
+        path: &Path,
+        audit_cap: usize,
+        checkpoint_interval: std::time::Duration,
+    ) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
@@ -256,7 +271,11 @@ impl EmbeddedStore {
         txn.commit().map_err(db_err)?;
         let db = Arc::new(db);
         let audit_cap = audit_cap.max(1);
-        let writer = GroupWriter::start(db.clone(), u64::try_from(audit_cap).unwrap_or(u64::MAX))?;
+        let writer = GroupWriter::start(
+            db.clone(),
+            u64::try_from(audit_cap).unwrap_or(u64::MAX),
+            checkpoint_interval,
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
