@@ -507,30 +507,28 @@ impl Service {
     ) -> Result<VerifiedIdentity, AttestError> {
         let now = self.now();
         let key = jose::sha256(unverified_jwt.as_bytes());
-        let same_bundle = |c: &CachedSvid| self.bundle_unchanged(c);
-        if let Some(hit) = self.caches.assertions.get_if(&key, now, same_bundle) {
+        if let Some(hit) = self.cached_svid(&self.caches.assertions, &key, now) {
             return Ok(hit.identity);
         }
         let (identity, bundle) = self.jwt_svids.verify_keeping_bundle(unverified_jwt, now)?;
-        let exp = identity.expires_at();
-        self.caches.assertions.insert(
-            key,
-            CachedSvid {
-                identity: identity.clone(),
-                bundle,
-            },
-            now,
-            exp,
-        );
+        remember_svid(&self.caches.assertions, key, &identity, bundle, now);
         Ok(identity)
     }
 
-    /// Whether the trust domain of a cached SVID still has the bundle that verified it.
-    fn bundle_unchanged(&self, c: &CachedSvid) -> bool {
-        c.identity
-            .spiffe_id()
-            .and_then(|id| self.trust.bundle(&id.trust_domain()))
-            .is_some_and(|b| Arc::ptr_eq(&b, &c.bundle))
+    /// A cached SVID that is live at `now` and whose trust domain still has the very
+    /// bundle that verified it.
+    fn cached_svid(
+        &self,
+        cache: &ExpiringCache<CachedSvid>,
+        key: &cache::CacheKey,
+        now: UnixSeconds,
+    ) -> Option<CachedSvid> {
+        cache.get_if(key, now, |c| {
+            c.identity
+                .spiffe_id()
+                .and_then(|id| self.trust.bundle(&id.trust_domain()))
+                .is_some_and(|b| Arc::ptr_eq(&b, &c.bundle))
+        })
     }
 
     /// `verify_subject_token` through the subject-token cache, with the same hit rules
@@ -542,8 +540,7 @@ impl Service {
         now: UnixSeconds,
     ) -> Result<SubjectToken, AttestError> {
         let key = jose::sha256(unverified_token.as_bytes());
-        let same_bundle = |c: &CachedSvid| self.bundle_unchanged(c);
-        if let Some(hit) = self.caches.subject_svids.get_if(&key, now, same_bundle) {
+        if let Some(hit) = self.cached_svid(&self.caches.subject_svids, &key, now) {
             return Ok(SubjectToken {
                 identity: hit.identity,
                 one_time: None,
@@ -553,15 +550,8 @@ impl Service {
         let verified =
             verify_subject_token(&self.jwt_svids, &self.oidc, unverified_token, now).await?;
         if let (Some(bundle), None) = (&verified.svid_bundle, &verified.one_time) {
-            self.caches.subject_svids.insert(
-                key,
-                CachedSvid {
-                    identity: verified.identity.clone(),
-                    bundle: bundle.clone(),
-                },
-                now,
-                verified.identity.expires_at(),
-            );
+            let cache = &self.caches.subject_svids;
+            remember_svid(cache, key, &verified.identity, bundle.clone(), now);
         }
         Ok(verified)
     }
@@ -721,6 +711,19 @@ impl Service {
 }
 
 /// Whether `id` matches any of `patterns`.
+/// Remembers an SVID verified at `now` with `bundle`, until its `exp`.
+fn remember_svid(
+    cache: &ExpiringCache<CachedSvid>,
+    key: cache::CacheKey,
+    identity: &VerifiedIdentity,
+    bundle: Arc<TrustBundle>,
+    now: UnixSeconds,
+) {
+    let exp = identity.expires_at();
+    let identity = identity.clone();
+    cache.insert(key, CachedSvid { identity, bundle }, now, exp);
+}
+
 pub(crate) fn allowed(patterns: &[SpiffePattern], id: &SpiffeId) -> bool {
     patterns.iter().any(|p| p.matches(id))
 }
