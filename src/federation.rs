@@ -91,6 +91,7 @@ struct Endpoint {
     client: reqwest::Client,
     current: ArcSwapOption<TrustBundle>,
     stale: AtomicBool,
+    fetches: AtomicU64,
     failures: AtomicU64,
     last_success: AtomicI64,
 }
@@ -152,6 +153,7 @@ impl FederatedBundles {
                 client: client_for(d)?,
                 current: ArcSwapOption::empty(),
                 stale: AtomicBool::new(false),
+                fetches: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 last_success: AtomicI64::new(NEVER),
             });
@@ -208,11 +210,13 @@ impl FederatedBundles {
                     );
                 }
                 ep.current.store(Some(Arc::new(bundle)));
+                ep.fetches.fetch_add(1, Ordering::Relaxed);
                 ep.stale.store(false, Ordering::Relaxed);
                 ep.last_success.store(self.clock.now(), Ordering::Relaxed);
                 next
             }
             Err(e) => {
+                ep.fetches.fetch_add(1, Ordering::Relaxed);
                 ep.failures.fetch_add(1, Ordering::Relaxed);
                 let have = ep.current.load().is_some();
                 ep.stale.store(have, Ordering::Relaxed);
@@ -300,6 +304,7 @@ impl ManagedBundleSource for FederatedBundles {
                 let at: UnixSeconds = e.last_success.load(Ordering::Relaxed);
                 RefreshHealth {
                     trust_domain: e.trust_domain.clone(),
+                    fetches: e.fetches.load(Ordering::Relaxed),
                     failures: e.failures.load(Ordering::Relaxed),
                     last_success: (at != NEVER).then_some(at),
                 }

@@ -355,7 +355,7 @@ pub fn start_with_limits(
         tokio::spawn(server::serve_with_limits(
             public,
             tls.clone(),
-            http::with_request_timeout(
+            http::with_deadline_and_metrics(
                 http::public_router(service.clone()),
                 service.clone(),
                 limits.request_timeout,
@@ -366,7 +366,7 @@ pub fn start_with_limits(
         tokio::spawn(server::serve_with_limits(
             admin,
             tls,
-            http::with_request_timeout(
+            http::with_deadline_and_metrics(
                 http::admin_router(service.clone()),
                 service.clone(),
                 limits.request_timeout,

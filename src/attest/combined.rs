@@ -12,6 +12,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefreshHealth {
     pub trust_domain: TrustDomain,
+    /// Fetches since start, failed or not.
+    pub fetches: u64,
     /// Failed fetches since start.
     pub failures: u64,
     /// When the bundle now served was fetched (`None`: never).

@@ -69,6 +69,9 @@ pub struct AuditEvent {
     /// The revocation record created or lifted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revocation_id: Option<String>,
+    /// The OAuth error code of a failure, for metrics (the record has `reason`).
+    #[serde(skip)]
+    pub error_code: Option<&'static str>,
 }
 
 fn ser_ts<S: serde::Serializer>(ts: &UnixSeconds, s: S) -> Result<S::Ok, S::Error> {
@@ -98,6 +101,7 @@ impl AuditEvent {
             revocation_kind: None,
             kid: None,
             revocation_id: None,
+            error_code: None,
         }
     }
 

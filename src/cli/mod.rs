@@ -17,7 +17,13 @@ use std::process::ExitCode;
 #[command(
     name = "tessera",
     version,
-    about = "Security token service for workloads"
+    about = "Security token service for workloads",
+    long_about = "Security token service for workloads: exchange a SPIFFE X.509-SVID, \
+JWT-SVID or OIDC token for a short-lived, narrowly scoped, revocable JWT access token.",
+    after_help = "Try it: `tessera serve --dev` in one terminal, then\n  \
+tessera dev jwt-svid spiffe://dev.local/ns/demo/sa/app --audience http://127.0.0.1:8080 > svid.jwt\n  \
+tessera token exchange --subject-token-file svid.jwt --audience https://ledger.dev.local\n\n\
+Docs: README.md, docs/contract.md (endpoints, configuration, policy), docs/operations.md."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -44,6 +50,12 @@ pub enum Command {
     Dev(DevCommand),
     /// Reads a secret on stdin and prints its argon2id hash for `[[introspection.client]]`.
     HashSecret,
+    /// Print a shell completion script (e.g. `tessera completions bash >
+    /// /etc/bash_completion.d/tessera`).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +86,7 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Args)]
 pub struct PolicyCheckArgs {
+    /// The policy file to check (contract §4, Policy file).
     #[arg(long)]
     pub policy: PathBuf,
     /// A SPIFFE ID to check.
@@ -88,10 +101,13 @@ pub struct PolicyCheckArgs {
     /// is its `iss`, the subject its `sub`.
     #[arg(long, requires = "audience")]
     pub claims_file: Option<PathBuf>,
+    /// The audience the token would be for.
     #[arg(long, required_unless_present = "lint")]
     pub audience: Option<String>,
+    /// Space-separated scopes to request (empty: the rule's default scopes).
     #[arg(long, default_value = "")]
     pub scope: String,
+    /// A delegating actor's SPIFFE ID (RFC 8693 actor_token), for delegation rules.
     #[arg(long)]
     pub actor: Option<String>,
     /// Print the policy's warnings (unpinned tenants, trust-domain-wide patterns, TTLs
@@ -126,10 +142,13 @@ pub struct Conn {
 pub enum TokenCommand {
     /// RFC 8693 token exchange with a JWT-SVID (or OIDC token) read from a file.
     Exchange {
+        /// File holding the subject token (a JWT-SVID or an OIDC ID token).
         #[arg(long)]
         subject_token_file: PathBuf,
+        /// The audience (resource server) the access token is for.
         #[arg(long)]
         audience: String,
+        /// Space-separated scopes to request (absent: the rule's default scopes).
         #[arg(long)]
         scope: Option<String>,
         #[command(flatten)]
@@ -147,6 +166,7 @@ pub struct IntrospectArgs {
     /// Authenticate as a static client (HTTP Basic); the secret is read from --secret-file.
     #[arg(long, requires = "secret_file")]
     pub client_id: Option<String>,
+    /// File holding the static client's secret.
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
     #[command(flatten)]
@@ -169,8 +189,10 @@ pub struct AdminConn {
         default_value = "./tessera-data/admin-token"
     )]
     pub admin_token_file: PathBuf,
+    /// PEM CA certificate to trust for https URLs.
     #[arg(long, env = "TESSERA_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Print the raw JSON response.
     #[arg(long)]
     pub json: bool,
 }
@@ -179,12 +201,16 @@ pub struct AdminConn {
 pub enum AdminCommand {
     /// Revoke one token, a subject's tokens, or every token of a key.
     Revoke {
+        /// Revoke the one token with this `jti`, until it expires.
         #[arg(long, group = "target", required = true)]
         jti: Option<String>,
+        /// Revoke every token issued so far to this subject (SPIFFE ID or `<iss>#<sub>`).
         #[arg(long, group = "target")]
         subject: Option<String>,
+        /// Revoke every token signed by this key and remove it from the JWKS.
         #[arg(long, group = "target")]
         kid: Option<String>,
+        /// Why (required; recorded in the revocation and the audit trail).
         #[arg(long)]
         reason: String,
         /// With --subject: also refuse new tokens for this long (e.g. 30m).
@@ -195,6 +221,7 @@ pub enum AdminCommand {
     },
     /// List live revocations.
     Revocations {
+        /// Only this kind: jti, subject or kid.
         #[arg(long)]
         kind: Option<String>,
         #[command(flatten)]
@@ -202,14 +229,17 @@ pub enum AdminCommand {
     },
     /// Lift a subject or key revocation by its id.
     Lift {
+        /// The revocation's id (from `tessera admin revocations`).
         id: String,
         #[command(flatten)]
         conn: AdminConn,
     },
     /// List live issued tokens (never the tokens themselves).
     Tokens {
+        /// Only tokens of this subject.
         #[arg(long)]
         subject: Option<String>,
+        /// Only tokens for this audience.
         #[arg(long)]
         audience: Option<String>,
         #[command(flatten)]
@@ -227,10 +257,13 @@ pub enum AdminCommand {
     },
     /// Recent audit events.
     Audit {
+        /// Only events about this subject.
         #[arg(long)]
         subject: Option<String>,
+        /// Only events with this outcome: success or failure.
         #[arg(long)]
         outcome: Option<String>,
+        /// At most this many events (newest first).
         #[arg(long)]
         limit: Option<usize>,
         #[command(flatten)]
@@ -242,11 +275,15 @@ pub enum AdminCommand {
 pub enum DevCommand {
     /// Mint a JWT-SVID from the dev trust domain (created by `serve --dev`).
     JwtSvid {
+        /// The SPIFFE ID to mint for, in the dev trust domain (spiffe://dev.local/...).
         spiffe_id: String,
+        /// The JWT-SVID's audience (repeat for several); Tessera's issuer URL to exchange it.
         #[arg(long, required = true)]
         audience: Vec<String>,
+        /// Lifetime, e.g. 5m.
         #[arg(long, default_value = "5m")]
         ttl: String,
+        /// The dev server's data directory (holds the dev trust domain's key).
         #[arg(long, default_value = dev::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
@@ -279,6 +316,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::HashSecret => hash_secret(),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tessera",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -12,22 +12,22 @@ const CHALLENGE: &str = r#"Basic realm="tessera", Bearer realm="tessera""#;
 
 pub fn status_and_code(e: &ServiceError) -> (StatusCode, &'static str) {
     use ServiceError as E;
-    match e {
-        E::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-        E::UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
-        E::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
-        E::InvalidClient(_) => (StatusCode::UNAUTHORIZED, "invalid_client"),
-        E::InvalidTarget => (StatusCode::BAD_REQUEST, "invalid_target"),
-        E::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
-        E::SlowDown { .. } => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
-        E::UnauthorizedClient(_) => (StatusCode::BAD_REQUEST, "unauthorized_client"),
-        E::Unauthenticated => (StatusCode::UNAUTHORIZED, "invalid_client"),
-        E::Forbidden => (StatusCode::FORBIDDEN, "access_denied"),
-        E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-        E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-        E::TemporarilyUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
-        E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
-    }
+    let status = match e {
+        E::InvalidRequest(_)
+        | E::UnsupportedGrantType
+        | E::InvalidGrant(_)
+        | E::InvalidTarget
+        | E::InvalidScope(_)
+        | E::UnauthorizedClient(_) => StatusCode::BAD_REQUEST,
+        E::InvalidClient(_) | E::Unauthenticated => StatusCode::UNAUTHORIZED,
+        E::SlowDown { .. } => StatusCode::TOO_MANY_REQUESTS,
+        E::Forbidden => StatusCode::FORBIDDEN,
+        E::NotFound(_) => StatusCode::NOT_FOUND,
+        E::Conflict(_) => StatusCode::CONFLICT,
+        E::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, e.oauth_code())
 }
 
 /// An error response with `Cache-Control: no-store`.

@@ -53,6 +53,11 @@ pub fn public_router(svc: AppState) -> Router {
         .route("/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // Contract §7: gRPC next to the HTTP routes, on the same listener (HTTP/2).
+        .route_service(
+            "/tessera.v1.TokenService/{*method}",
+            crate::grpc::token_service(svc.clone()),
+        )
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -76,6 +81,82 @@ pub fn admin_router(svc: AppState) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(svc)
+}
+
+/// Route templates that request metrics name as `endpoint`; any other path is
+/// `other`, so scanners cannot grow the label space.
+const METRIC_ENDPOINTS: &[&str] = &[
+    "/token",
+    "/introspect",
+    "/revoke",
+    "/.well-known/oauth-authorization-server",
+    "/.well-known/openid-configuration",
+    "/jwks.json",
+    "/healthz",
+    "/readyz",
+    "/tessera.v1.TokenService/Exchange",
+    "/tessera.v1.TokenService/Introspect",
+    "/tessera.v1.TokenService/Revoke",
+    "/admin/v1/revocations",
+    "/admin/v1/tokens",
+    "/admin/v1/keys/rotate",
+    "/admin/v1/policy/reload",
+    "/admin/v1/audit",
+    "/metrics",
+];
+
+fn metric_endpoint(path: &str) -> &'static str {
+    if let Some(known) = METRIC_ENDPOINTS.iter().find(|e| **e == path) {
+        return known;
+    }
+    match path.strip_prefix("/admin/v1/revocations/") {
+        Some(id) if !id.is_empty() && !id.contains('/') => "/admin/v1/revocations/{id}",
+        _ => "other",
+    }
+}
+
+/// The deadline of `with_request_timeout` inside, request metrics outside (so a timed
+/// out request is counted with its 503 and its full time).
+pub fn with_deadline_and_metrics(
+    router: Router,
+    svc: AppState,
+    limit: std::time::Duration,
+) -> Router {
+    with_request_timeout(router, svc.clone(), limit)
+        .layer(axum::middleware::from_fn_with_state(svc, count_request))
+}
+
+async fn count_request(
+    State(svc): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::metrics::{RequestOutcome, Transport};
+    let started = std::time::Instant::now();
+    let endpoint = metric_endpoint(req.uri().path());
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let resp = next.run(req).await;
+    let (transport, outcome) = if grpc {
+        // A failed unary call is a trailers-only response: `grpc-status` is a header.
+        let code = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        (Transport::Grpc, RequestOutcome::from_grpc_status(code))
+    } else {
+        (
+            Transport::Http,
+            RequestOutcome::from_http_status(resp.status().as_u16()),
+        )
+    };
+    svc.metrics
+        .observe_request(transport, endpoint, outcome, started.elapsed());
+    resp
 }
 
 /// Wraps a router so that a request not answered within `limit` (body read included:
@@ -154,7 +235,7 @@ fn bad_query(svc: &Service, ctx: &RequestContext, event: &'static str) -> Respon
     audit_refusal(svc, ctx, event, resp)
 }
 
-fn context(peer: Option<&PeerInfo>, headers: &HeaderMap) -> RequestContext {
+pub(crate) fn context(peer: Option<&PeerInfo>, headers: &HeaderMap) -> RequestContext {
     // A caller-supplied request id is kept only if it is short and plain.
     let request_id = headers
         .get("x-request-id")
@@ -178,7 +259,7 @@ fn context(peer: Option<&PeerInfo>, headers: &HeaderMap) -> RequestContext {
 
 /// Reads `Authorization: Basic` (RFC 7617; RFC 6749 §2.3.1 form-encodes id and secret)
 /// and `Authorization: Bearer`.
-fn credentials(headers: &HeaderMap) -> Result<CallerCredentials, ServiceError> {
+pub(crate) fn credentials(headers: &HeaderMap) -> Result<CallerCredentials, ServiceError> {
     let mut creds = CallerCredentials::default();
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(creds);
@@ -321,6 +402,11 @@ fn audit_refusal(
         "refused before processing: HTTP {}",
         resp.status().as_u16()
     ));
+    ev.error_code = Some(match resp.status() {
+        StatusCode::SERVICE_UNAVAILABLE => "temporarily_unavailable",
+        StatusCode::UNAUTHORIZED => "invalid_client",
+        _ => "invalid_request",
+    });
     svc.audit(ctx, ev);
     resp
 }

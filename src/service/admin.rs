@@ -190,17 +190,17 @@ impl Service {
             RevocationKind::Kid => &mut ev.kid,
         };
         *named = Some(value.clone());
+        let stored = self.revocations.revoke(NewRevocation {
+            kind,
+            value: value.clone(),
+            reason,
+            actor,
+            created_at: now,
+            expires_at,
+            block_until,
+        });
         let record = self
-            .revocations
-            .revoke(NewRevocation {
-                kind,
-                value: value.clone(),
-                reason,
-                actor,
-                created_at: now,
-                expires_at,
-                block_until,
-            })
+            .store_call("revoke", stored)
             .await
             .map_err(|e| store_err(self, e))?;
         ev.revocation_id = Some(record.id.clone());

@@ -120,7 +120,13 @@ pub fn check_token_request(p: &Params) -> Result<(), ServiceError> {
 impl Service {
     /// Quarantine (`block_new`). If the store is down, issuance continues (contract §6).
     async fn check_quarantine(&self, subject: &str, now: i64) -> Result<(), ServiceError> {
-        match self.revocations.blocked_until(subject, now).await {
+        match self
+            .store_call(
+                "blocked_until",
+                self.revocations.blocked_until(subject, now),
+            )
+            .await
+        {
             Ok(Some(_)) => Err(ServiceError::InvalidGrant("subject is quarantined".into())),
             Ok(None) => Ok(()),
             Err(e) => {
@@ -305,7 +311,10 @@ impl Service {
             exp: c.exp,
         };
         // The inventory is informational: a failed write is logged and counted, not fatal.
-        if let Err(e) = self.inventory.record_issued(&entry).await {
+        if let Err(e) = self
+            .store_call("record_issued", self.inventory.record_issued(&entry))
+            .await
+        {
             self.counters
                 .inventory_write_failures
                 .fetch_add(1, Ordering::Relaxed);

@@ -150,7 +150,10 @@ impl Service {
             iat: c.iat,
         };
         // Fail closed: an unchecked token is never reported active (contract §6).
-        match self.revocations.is_revoked(&token_ref, now).await {
+        match self
+            .store_call("is_revoked", self.revocations.is_revoked(&token_ref, now))
+            .await
+        {
             Ok(true) => {
                 ev.reason = Some("inactive: revoked".into());
                 ev.active = Some(false);
@@ -241,23 +244,20 @@ impl Service {
                 "only the token's subject or an admin may revoke it".into(),
             ));
         }
-        let record = self
-            .revocations
-            .revoke(NewRevocation {
-                kind: RevocationKind::Jti,
-                value: c.jti.clone(),
-                reason: "revoked via /revoke (RFC 7009)".into(),
-                actor: caller.name(),
-                created_at: now,
-                expires_at: c.exp.saturating_add(self.settings.leeway as i64),
-                block_until: None,
-            })
-            .await
-            .map_err(|e| {
-                self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "revocation not stored");
-                ServiceError::TemporarilyUnavailable
-            })?;
+        let stored = self.revocations.revoke(NewRevocation {
+            kind: RevocationKind::Jti,
+            value: c.jti.clone(),
+            reason: "revoked via /revoke (RFC 7009)".into(),
+            actor: caller.name(),
+            created_at: now,
+            expires_at: c.exp.saturating_add(self.settings.leeway as i64),
+            block_until: None,
+        });
+        let record = self.store_call("revoke", stored).await.map_err(|e| {
+            self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "revocation not stored");
+            ServiceError::TemporarilyUnavailable
+        })?;
         ev.revocation_id = Some(record.id);
         Ok(())
     }

@@ -76,6 +76,26 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// The RFC 6749 §5.2 error code (or this server's own for admin outcomes), the same
+    /// on every transport.
+    pub fn oauth_code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidGrant(_) => "invalid_grant",
+            Self::InvalidClient(_) | Self::Unauthenticated => "invalid_client",
+            Self::InvalidTarget => "invalid_target",
+            Self::InvalidScope(_) => "invalid_scope",
+            Self::SlowDown { .. } => "slow_down",
+            Self::UnauthorizedClient(_) => "unauthorized_client",
+            Self::Forbidden => "access_denied",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::Internal(_) => "server_error",
+        }
+    }
+
     /// Short reason for the audit record.
     pub fn audit_reason(&self) -> String {
         match self {
@@ -326,6 +346,7 @@ pub struct Service {
     pub(crate) limiter: Option<IdentityLimiter>,
     pub(crate) failed_auth: Option<FailedAuthLimiter>,
     pub counters: Counters,
+    pub metrics: crate::metrics::Metrics,
     pub(crate) server_cert: Option<ServerCertResolver>,
     caches: HotCaches,
 }
@@ -394,6 +415,7 @@ impl Service {
             limiter,
             failed_auth,
             counters: Counters::default(),
+            metrics: crate::metrics::Metrics::default(),
             caches: HotCaches::new(),
             clock: p.clock,
             settings: p.settings,
@@ -435,6 +457,7 @@ impl Service {
         if !ctx.request_id.is_empty() {
             ev.request_id = Some(ctx.request_id.clone());
         }
+        self.count(&ev);
         let json = ev.to_json();
         self.audit_sink.emit(&ev, &json);
         let stored = StoredAuditEvent {
@@ -446,6 +469,40 @@ impl Service {
         if self.audit_tx.try_send(stored).is_err() {
             self.counters.audit_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Every request ends in exactly one audit event, so the outcome metrics are
+    /// counted from it: nothing can be answered without being counted.
+    fn count(&self, ev: &AuditEvent) {
+        let ok = ev.outcome == Outcome::Success;
+        match ev.event {
+            "token.issued" => self
+                .metrics
+                .token_issued(ev.rule.as_deref().unwrap_or("unknown")),
+            "token.denied" => self
+                .metrics
+                .token_denied(ev.error_code.unwrap_or("invalid_request")),
+            "token.introspected" if ok => self.metrics.introspected(ev.active == Some(true)),
+            _ => {}
+        }
+        if ok
+            && matches!(ev.event, "token.revoked" | "admin.revoke")
+            && let Some(kind) = ev.revocation_kind
+        {
+            self.metrics.revoked(kind);
+        }
+    }
+
+    /// Times one call to the revocation store or the token inventory.
+    pub(crate) async fn store_call<T, E>(
+        &self,
+        operation: &'static str,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        self.metrics.observe_store(operation, started.elapsed());
+        result
     }
 
     /// Records the outcome of `result` in `ev` and emits it: the single exit of every
@@ -460,6 +517,7 @@ impl Service {
             Ok(_) => ev.outcome = Outcome::Success,
             Err(e) => {
                 ev.outcome = Outcome::Failure;
+                ev.error_code = Some(e.oauth_code());
                 if ev.reason.is_none() {
                     ev.reason = Some(e.audit_reason());
                 }
@@ -761,10 +819,22 @@ pub(crate) fn verify_static_client(clients: &[StaticClient], id: &str, secret: &
 const UNKNOWN_CLIENT_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$S8Gn9LsDnGUe6WWI+e46WQ$qz/smOILrtuemEXdOqz1jMMuajd9nd7QChudEML7guE";
 
 impl Service {
-    /// A minimal Prometheus text exposition of the counters (full metrics come later).
+    /// The Prometheus text exposition of `/metrics` (metric families: docs/operations.md).
     pub fn render_metrics(&self) -> String {
         let c = &self.counters;
         let mut out = String::new();
+        crate::metrics::family(
+            &mut out,
+            "tessera_build_info",
+            "gauge",
+            "Always 1; the version label names the running build.",
+        );
+        out.push_str(&format!(
+            "tessera_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        ));
+        self.metrics.render(&mut out);
+        self.render_key_metrics(&mut out);
         for (name, help, v) in [
             (
                 "tessera_store_errors_total",
@@ -805,6 +875,13 @@ impl Service {
         let health = self.trust.refresh_health();
         if !health.is_empty() {
             let now = self.now();
+            out.push_str("# HELP tessera_bundle_fetches_total Fetches of a federated trust bundle, failed or not.\n# TYPE tessera_bundle_fetches_total counter\n");
+            for h in &health {
+                out.push_str(&format!(
+                    "tessera_bundle_fetches_total{{trust_domain=\"{}\"}} {}\n",
+                    h.trust_domain, h.fetches
+                ));
+            }
             out.push_str("# HELP tessera_bundle_refresh_failures_total Failed fetches of a federated trust bundle.\n# TYPE tessera_bundle_refresh_failures_total counter\n");
             for h in &health {
                 out.push_str(&format!(
@@ -866,6 +943,31 @@ impl Service {
 }
 
 impl Service {
+    /// Age of the signing keys in use: a current key older than the rotation period
+    /// means rotation stopped.
+    fn render_key_metrics(&self, out: &mut String) {
+        use crate::mint::keys::KeyState;
+        crate::metrics::family(
+            out,
+            "tessera_signing_key_age_seconds",
+            "gauge",
+            "Seconds since the current and next signing keys were created.",
+        );
+        let now = self.now();
+        for k in self.minter.keys().info() {
+            let state = match k.state {
+                KeyState::Current => "current",
+                KeyState::Next => "next",
+                KeyState::Retired | KeyState::Revoked => continue,
+            };
+            out.push_str(&format!(
+                "tessera_signing_key_age_seconds{{kid=\"{}\",state=\"{state}\"}} {}\n",
+                crate::metrics::escape(&k.kid),
+                (now - k.created_at).max(0)
+            ));
+        }
+    }
+
     /// Hits, misses and sizes of the hot-path caches, and the argon2id work they save.
     fn render_cache_metrics(&self, out: &mut String) {
         let c = &self.caches;
