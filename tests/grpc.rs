@@ -358,3 +358,50 @@ async fn an_x509_svid_on_the_connection_authenticates_grpc_calls() {
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 }
+
+/// What tonic refuses before a handler runs is still audited, and bad input is never
+/// a server error: raw HTTP/2 requests with an undecodable message and to an unknown
+/// method.
+#[tokio::test]
+async fn undecodable_messages_and_unknown_methods_are_client_errors_and_audited() {
+    let srv = Env::new().start().await;
+    // One gRPC frame: uncompressed, length 5, bytes that are not a protobuf message.
+    let garbage = vec![0u8, 0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff];
+    for (path, rid, code, event) in [
+        (
+            "/tessera.v1.TokenService/Exchange",
+            "raw-garbage",
+            "3",
+            "token.denied",
+        ),
+        (
+            "/tessera.v1.TokenService/Nope",
+            "raw-unknown",
+            "12",
+            "request.rejected",
+        ),
+    ] {
+        let resp = srv
+            .client
+            .post(format!("{}{path}", srv.public))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-request-id", rid)
+            .body(garbage.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200, "gRPC errors ride on HTTP 200");
+        let headers = resp.headers();
+        assert_eq!(headers["grpc-status"], code, "{rid}: {headers:?}");
+        let message = headers["grpc-message"].to_str().unwrap();
+        assert!(message.starts_with("invalid_request"), "{rid}: {message}");
+        let ev = audit_of(&srv, rid);
+        assert_eq!(
+            (ev["event"].clone(), ev["outcome"].clone()),
+            (json!(event), json!("failure")),
+            "{rid}"
+        );
+    }
+}

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use pb::token_service_server::{TokenService, TokenServiceServer};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tonic::{Code, Request, Response, Status};
 
 /// Metadata carrying a JWT-SVID client assertion (the form's `client_assertion`).
@@ -30,6 +31,45 @@ pub fn token_service(svc: Arc<Service>) -> TokenServiceServer<Grpc> {
         .max_encoding_message_size(crate::http::MAX_BODY)
 }
 
+/// Set by a handler when it starts: a call that ends without it was refused by tonic
+/// itself (unknown method, oversized or undecodable message).
+#[derive(Clone, Default)]
+pub struct HandlerRan(Arc<AtomicBool>);
+
+impl HandlerRan {
+    pub fn ran(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What the transport answers for a call tonic refused before any handler ran: the
+/// caller's fault, so never INTERNAL (a malformed message is `INVALID_ARGUMENT`), with
+/// the OAuth code first in the message like every other error.
+pub fn refused_before_handler(code: i32) -> (Status, &'static str) {
+    let code = Code::from_i32(code);
+    let code = match code {
+        Code::OutOfRange | Code::Unimplemented => code,
+        _ => Code::InvalidArgument,
+    };
+    let reason = match code {
+        Code::OutOfRange => "request message is larger than 64 KiB",
+        Code::Unimplemented => "no such method",
+        _ => "malformed request message",
+    };
+    let status = Status::new(code, format!("invalid_request: {reason}"));
+    (status, reason)
+}
+
+/// The audit event a refused call to `path` is recorded under.
+pub fn event_for(path: &str) -> &'static str {
+    match path.rsplit('/').next() {
+        Some("Exchange") => "token.denied",
+        Some("Introspect") => "token.introspected",
+        Some("Revoke") => "token.revoked",
+        _ => "request.rejected",
+    }
+}
+
 pub struct Grpc {
     svc: Arc<Service>,
 }
@@ -41,6 +81,9 @@ fn caller<T>(
     req: &Request<T>,
     audit_event: &'static str,
 ) -> Result<(RequestContext, CallerCredentials), Status> {
+    if let Some(flag) = req.extensions().get::<HandlerRan>() {
+        flag.0.store(true, Ordering::Relaxed);
+    }
     let headers: HeaderMap = req.metadata().clone().into_headers();
     let peer = req.extensions().get::<PeerInfo>();
     let ctx = context(peer, &headers);

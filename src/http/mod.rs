@@ -56,7 +56,12 @@ pub fn public_router(svc: AppState) -> Router {
         // Contract §7: gRPC next to the HTTP routes, on the same listener (HTTP/2).
         .route_service(
             "/tessera.v1.TokenService/{*method}",
-            crate::grpc::token_service(svc.clone()),
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(
+                    svc.clone(),
+                    grpc_refusals,
+                ))
+                .service(crate::grpc::token_service(svc.clone())),
         )
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
@@ -157,6 +162,37 @@ async fn count_request(
     svc.metrics
         .observe_request(transport, endpoint, outcome, started.elapsed());
     resp
+}
+
+/// Audits and rewrites what tonic refuses before a handler runs (unknown method,
+/// oversized or undecodable message): every request is audited, and bad input is never
+/// answered as a server error.
+async fn grpc_refusals(
+    State(svc): State<AppState>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let ran = crate::grpc::HandlerRan::default();
+    req.extensions_mut().insert(ran.clone());
+    let peer = req.extensions().get::<PeerInfo>().cloned();
+    let ctx = context(peer.as_ref(), req.headers());
+    let event = crate::grpc::event_for(req.uri().path());
+    let resp = next.run(req).await;
+    let code = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|c| *c != 0);
+    let Some(code) = code.filter(|_| !ran.ran()) else {
+        return resp;
+    };
+    let (status, reason) = crate::grpc::refused_before_handler(code);
+    let mut ev = crate::audit::AuditEvent::begin(event, svc.now());
+    ev.reason = Some(format!("refused before processing: {reason}"));
+    ev.error_code = Some("invalid_request");
+    svc.audit(&ctx, ev);
+    status.into_http::<axum::body::Body>()
 }
 
 /// Wraps a router so that a request not answered within `limit` (body read included:
