@@ -12,11 +12,11 @@ use crate::service::introspect::IntrospectionResponse;
 use crate::service::{
     CallerCredentials, JWT_SPIFFE_ASSERTION, Params, RequestContext, Service, ServiceError,
 };
-use axum::http::{HeaderMap, StatusCode};
 use pb::token_service_server::{TokenService, TokenServiceServer};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tonic::codegen::http::{HeaderMap, StatusCode};
 use tonic::{Code, Request, Response, Status};
 
 /// Metadata carrying a JWT-SVID client assertion (the form's `client_assertion`).
