@@ -28,7 +28,8 @@
 //! Settings: the SVID file is the first argument or `TESSERA_SVID_FILE`; `TESSERA_URL`
 //! (default `http://127.0.0.1:8080`), `TESSERA_AUDIENCE` (default
 //! `https://ledger.dev.local`), `TESSERA_SCOPE` (default `ledger:read`; empty asks for
-//! the rule's default scopes). `--once` exchanges once and exits (non-zero on failure).
+//! the rule's default scopes), `TESSERA_CA_FILE` (a PEM CA to trust for an https URL).
+//! `--once` exchanges once and exits (non-zero on failure).
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
@@ -43,12 +44,14 @@ const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 const RENEW_AT: f64 = 0.8;
 const MAX_BACKOFF_SECS: u64 = 30;
 
-struct Settings {
-    url: String,
-    svid_file: PathBuf,
-    audience: String,
-    scope: Option<String>,
-    once: bool,
+pub struct Settings {
+    pub url: String,
+    pub svid_file: PathBuf,
+    pub audience: String,
+    pub scope: Option<String>,
+    /// PEM CA certificate to trust for an https Tessera (`TESSERA_CA_FILE`).
+    pub ca_file: Option<PathBuf>,
+    pub once: bool,
 }
 
 impl Settings {
@@ -76,6 +79,7 @@ impl Settings {
             svid_file,
             audience: env("TESSERA_AUDIENCE", "https://ledger.dev.local"),
             scope: (!scope.is_empty()).then_some(scope),
+            ca_file: std::env::var_os("TESSERA_CA_FILE").map(PathBuf::from),
             once,
         })
     }
@@ -99,18 +103,18 @@ struct ErrorResponse {
 }
 
 /// The token the workload would send as `Authorization: Bearer …`.
-struct AccessToken {
-    value: String,
-    expires_in: u64,
-    expires_at: UnixSeconds,
-    scope: Option<String>,
+pub struct AccessToken {
+    pub value: String,
+    pub expires_in: u64,
+    pub expires_at: UnixSeconds,
+    pub scope: Option<String>,
 }
 
 impl AccessToken {
     /// The token's `jti`, for logs and `tessera admin revoke --jti`. Read without
     /// verifying: the token came from our STS over the connection we chose; resource
     /// servers are the ones that verify it.
-    fn jti(&self) -> Option<String> {
+    pub fn jti(&self) -> Option<String> {
         let payload = self.value.split('.').nth(1)?;
         let bytes = tessera::jose::b64url_decode(payload).ok()?;
         let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
@@ -119,7 +123,7 @@ impl AccessToken {
 }
 
 /// Reads the SVID file (again: it rotates) and exchanges it for an access token.
-async fn exchange(http: &reqwest::Client, s: &Settings) -> Result<AccessToken> {
+pub async fn exchange(http: &reqwest::Client, s: &Settings) -> Result<AccessToken> {
     let svid = std::fs::read_to_string(&s.svid_file)
         .with_context(|| format!("cannot read the JWT-SVID from {}", s.svid_file.display()))?;
     let svid = svid.trim();
@@ -164,8 +168,21 @@ async fn exchange(http: &reqwest::Client, s: &Settings) -> Result<AccessToken> {
     })
 }
 
+/// The HTTP client: 10 s timeout, and `ca_file` trusted for an https Tessera.
+pub fn http_client(s: &Settings) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if let Some(ca) = &s.ca_file {
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("cannot read the CA file {}", ca.display()))?;
+        b = b.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem).context("the CA file is not PEM")?,
+        );
+    }
+    b.build().context("building the HTTP client")
+}
+
 /// When to renew a token that lives `expires_in` seconds: at ~80% of its life.
-fn renew_after(expires_in: u64) -> Duration {
+pub fn renew_after(expires_in: u64) -> Duration {
     Duration::from_secs_f64((expires_in as f64 * RENEW_AT).max(1.0))
 }
 
@@ -182,10 +199,7 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<()> {
     let settings = Settings::from_args_and_env()?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building the HTTP client")?;
+    let http = http_client(&settings)?;
     let mut current: Option<AccessToken> = None;
     let mut failures: u32 = 0;
     loop {
