@@ -14,31 +14,13 @@ mod resource_server;
 #[allow(dead_code)]
 mod exchange_client;
 
-use common::mtls::{Leaf, SpiffeCa, add_x509_authorities, ca, leaf};
-use common::{BATCH, BATCH_JOB, Env, ISSUER, LEDGER, PAYMENTS, STATIC_CLIENT, Server};
+use common::mtls::{Leaf, X509Setup as Setup, leaf, x509_server as tessera};
+use common::{BATCH, BATCH_JOB, ISSUER, LEDGER, PAYMENTS, STATIC_CLIENT, Server};
 use reqwest::Method;
 use resource_server::{IntrospectionAuth, TokenVerifier, VerifierConfig};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tessera::clock::{Clock as _, SystemClock};
-
-struct Setup {
-    srv: Server,
-    example: SpiffeCa,
-}
-
-/// Tessera on the real clock (the resource server checks `exp` against real time),
-/// with X.509 authorities so workloads can come over mTLS.
-async fn tessera() -> Setup {
-    let env = Env::new();
-    env.clock.set(SystemClock.now());
-    let (example, other) = (ca("example.org"), ca("other.org"));
-    add_x509_authorities(&env, &example, &other);
-    Setup {
-        srv: env.start().await,
-        example,
-    }
-}
 
 fn verifier(srv: &Server, introspection: Option<IntrospectionAuth>) -> TokenVerifier {
     verifier_with_cooldown(srv, introspection, Duration::from_secs(3600))

@@ -6,15 +6,14 @@
 
 mod common;
 
-use common::mtls::{Leaf, add_x509_authorities, ca, leaf};
+use common::mtls::{Leaf, X509Setup, leaf, x509_server};
 use common::{Env, LEDGER, PAYMENTS, RS, Server, jws_part};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
 use std::sync::Arc;
-use tessera::clock::{Clock as _, SystemClock};
 use tessera::grpc::pb::token_service_client::TokenServiceClient;
-use tessera::grpc::pb::{ExchangeRequest, IntrospectRequest, RevokeRequest};
+use tessera::grpc::pb::{ExchangeRequest, IntrospectRequest, IntrospectResponse, RevokeRequest};
 use tessera::jose::{b64url, sha256};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
@@ -79,6 +78,23 @@ fn with_assertion<T>(msg: T, svid: &str, request_id: &str) -> Request<T> {
     req
 }
 
+/// Introspection over gRPC authenticated by `svid` in metadata.
+async fn introspect(
+    grpc: &mut TokenServiceClient<Channel>,
+    token: &str,
+    svid: &str,
+    request_id: &str,
+) -> Result<IntrospectResponse, tonic::Status> {
+    let msg = IntrospectRequest {
+        token: token.to_owned(),
+        ..Default::default()
+    };
+    Ok(grpc
+        .introspect(with_assertion(msg, svid, request_id))
+        .await?
+        .into_inner())
+}
+
 fn audit_of(srv: &Server, rid: &str) -> serde_json::Value {
     let lines: Vec<_> = srv
         .audit_lines()
@@ -119,18 +135,9 @@ async fn exchange_introspect_and_revoke_over_grpc() {
 
     // Introspection over gRPC, authenticated by the resource server's JWT-SVID.
     let rs = srv.svid(RS, 300);
-    let answer = grpc
-        .introspect(with_assertion(
-            IntrospectRequest {
-                token: issued.access_token.clone(),
-                ..Default::default()
-            },
-            &rs,
-            "grpc-introspect-1",
-        ))
+    let answer = introspect(&mut grpc, &issued.access_token, &rs, "grpc-introspect-1")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(answer.active);
     assert_eq!(answer.sub, PAYMENTS);
     assert_eq!(answer.aud, LEDGER);
@@ -164,18 +171,9 @@ async fn exchange_introspect_and_revoke_over_grpc() {
     assert_eq!(ev["revocation_kind"], "jti");
 
     // ...and every transport now says inactive, with nothing else in the answer.
-    let answer = grpc
-        .introspect(with_assertion(
-            IntrospectRequest {
-                token: issued.access_token.clone(),
-                ..Default::default()
-            },
-            &rs,
-            "grpc-introspect-2",
-        ))
+    let answer = introspect(&mut grpc, &issued.access_token, &rs, "grpc-introspect-2")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(answer, Default::default());
     assert!(!srv.active(&issued.access_token).await);
 }
@@ -247,15 +245,7 @@ async fn grpc_errors_carry_the_oauth_code_and_are_audited() {
     );
 
     // A workload that may not introspect: PERMISSION_DENIED.
-    let status = grpc
-        .introspect(with_assertion(
-            IntrospectRequest {
-                token: "x".into(),
-                ..Default::default()
-            },
-            &svid,
-            "grpc-forbidden",
-        ))
+    let status = introspect(&mut grpc, "x", &svid, "grpc-forbidden")
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -310,12 +300,7 @@ async fn grpc_errors_carry_the_oauth_code_and_are_audited() {
 
 #[tokio::test]
 async fn an_x509_svid_on_the_connection_authenticates_grpc_calls() {
-    let env = Env::new();
-    // Certificates are checked against the server's clock: use the real one.
-    env.clock.set(SystemClock.now());
-    let (example, other) = (ca("example.org"), ca("other.org"));
-    add_x509_authorities(&env, &example, &other);
-    let srv = env.start().await;
+    let X509Setup { srv, example, .. } = x509_server().await;
 
     // client_credentials with the connection's X.509-SVID: a certificate-bound token.
     let payments = leaf(&example, &[PAYMENTS], |_| {});

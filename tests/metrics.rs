@@ -184,26 +184,10 @@ async fn metrics_count_requests_issuance_denials_revocations_and_store_calls() {
     assert_eq!(get(&m, "tessera_revocations_total{kind=\"subject\"}"), 1.0);
     assert_eq!(get(&m, "tessera_revocations_total{kind=\"kid\"}"), 1.0);
     // Store calls are timed: two introspections, four revocations, two issued tokens.
-    assert_eq!(
-        get(
-            &m,
-            "tessera_store_operation_duration_seconds_count{operation=\"is_revoked\"}"
-        ),
-        2.0
-    );
-    assert_eq!(
-        get(
-            &m,
-            "tessera_store_operation_duration_seconds_count{operation=\"revoke\"}"
-        ),
-        4.0
-    );
-    assert_eq!(
-        get(
-            &m,
-            "tessera_store_operation_duration_seconds_count{operation=\"record_issued\"}"
-        ),
-        2.0
-    );
+    for (operation, calls) in [("is_revoked", 2.0), ("revoke", 4.0), ("record_issued", 2.0)] {
+        let series =
+            format!("tessera_store_operation_duration_seconds_count{{operation=\"{operation}\"}}");
+        assert_eq!(get(&m, &series), calls, "{operation}");
+    }
     assert_eq!(get(&m, "tessera_store_errors_total"), 0.0);
 }

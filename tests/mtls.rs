@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::mtls::{Leaf, SpiffeCa, add_x509_authorities, ca, leaf};
-use common::{Env, JWT_SPIFFE, LEDGER, PAYMENTS, Server, jws_part};
+use common::mtls::{Leaf, ca, leaf, x509_server as setup};
+use common::{JWT_SPIFFE, LEDGER, PAYMENTS, Server, jws_part};
 use rcgen::{BasicConstraints, IsCa};
 use serde_json::{Value, json};
 use tessera::clock::{Clock as _, SystemClock};
@@ -15,25 +15,6 @@ use tessera::jose::{b64url, sha256};
 
 const RS: &str = "spiffe://example.org/ns/rs/sa/reader";
 const OPS: &str = "spiffe://example.org/ops/alice";
-
-struct Setup {
-    srv: Server,
-    example: SpiffeCa,
-    other: SpiffeCa,
-}
-
-async fn setup() -> Setup {
-    let env = Env::new();
-    // Certificates are checked against the server's clock: use the real one.
-    env.clock.set(SystemClock.now());
-    let (example, other) = (ca("example.org"), ca("other.org"));
-    add_x509_authorities(&env, &example, &other);
-    Setup {
-        srv: env.start().await,
-        example,
-        other,
-    }
-}
 
 fn client_with(srv: &Server, leaf: Option<&Leaf>) -> reqwest::Client {
     let mut b = reqwest::Client::builder()

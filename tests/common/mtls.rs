@@ -1,11 +1,12 @@
 //! rcgen SPIFFE certificate authorities and X.509-SVIDs for mTLS tests and benchmarks.
 
-use super::Env;
+use super::{Env, Server};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
 use serde_json::{Value, json};
+use tessera::clock::{Clock as _, SystemClock};
 
 /// A SPIFFE CA for one trust domain.
 pub struct SpiffeCa {
@@ -83,5 +84,26 @@ pub fn add_x509_authorities(env: &Env, example: &SpiffeCa, other: &SpiffeCa) {
         }
         doc["keys"].as_array_mut().unwrap().push(Value::Object(e));
         std::fs::write(&path, doc.to_string()).unwrap();
+    }
+}
+
+/// A server and the X.509 authorities of its two trust domains.
+pub struct X509Setup {
+    pub srv: Server,
+    pub example: SpiffeCa,
+    pub other: SpiffeCa,
+}
+
+/// A server whose trust domains also have X.509 authorities, on the real clock
+/// (certificates are checked against the server's clock).
+pub async fn x509_server() -> X509Setup {
+    let env = Env::new();
+    env.clock.set(SystemClock.now());
+    let (example, other) = (ca("example.org"), ca("other.org"));
+    add_x509_authorities(&env, &example, &other);
+    X509Setup {
+        srv: env.start().await,
+        example,
+        other,
     }
 }
