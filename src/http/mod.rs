@@ -120,50 +120,6 @@ fn metric_endpoint(path: &str) -> &'static str {
     }
 }
 
-/// The deadline of `with_request_timeout` inside, request metrics outside (so a timed
-/// out request is counted with its 503 and its full time).
-pub fn with_deadline_and_metrics(
-    router: Router,
-    svc: AppState,
-    limit: std::time::Duration,
-) -> Router {
-    with_request_timeout(router, svc.clone(), limit)
-        .layer(axum::middleware::from_fn_with_state(svc, count_request))
-}
-
-async fn count_request(
-    State(svc): State<AppState>,
-    req: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    use crate::metrics::{RequestOutcome, Transport};
-    let started = std::time::Instant::now();
-    let endpoint = metric_endpoint(req.uri().path());
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    let resp = next.run(req).await;
-    let (transport, outcome) = if grpc {
-        // A failed unary call is a trailers-only response: `grpc-status` is a header.
-        let code = resp
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        (Transport::Grpc, RequestOutcome::from_grpc_status(code))
-    } else {
-        (
-            Transport::Http,
-            RequestOutcome::from_http_status(resp.status().as_u16()),
-        )
-    };
-    svc.metrics
-        .observe_request(transport, endpoint, outcome, started.elapsed());
-    resp
-}
-
 /// Audits and rewrites what tonic refuses before a handler runs (unknown method,
 /// oversized or undecodable message): every request is audited, and bad input is never
 /// answered as a server error.
@@ -197,35 +153,48 @@ async fn grpc_refusals(
 
 /// Wraps a router so that a request not answered within `limit` (body read included:
 /// a client trickling its body is cut off too) gets 503 `temporarily_unavailable`,
-/// audited like any refusal.
-pub fn with_request_timeout(router: Router, svc: AppState, limit: std::time::Duration) -> Router {
+/// audited like any refusal; and counts every answered request, a timed-out one with
+/// its 503 and its full time. One middleware for both: each layer costs a boxed future
+/// per request on the hot path.
+pub fn with_deadline_and_metrics(
+    router: Router,
+    svc: AppState,
+    limit: std::time::Duration,
+) -> Router {
     router.layer(axum::middleware::from_fn_with_state(
         (svc, limit),
-        request_deadline,
+        deadline_and_metrics,
     ))
 }
 
-async fn request_deadline(
+async fn deadline_and_metrics(
     State((svc, limit)): State<(AppState, std::time::Duration)>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let started = std::time::Instant::now();
     let peer = req.extensions().get::<PeerInfo>().cloned();
     let mut ids = HeaderMap::new();
     if let Some(rid) = req.headers().get("x-request-id") {
         ids.insert("x-request-id", rid.clone());
     }
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let event = match path.as_str() {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let method = req.method().clone();
+    let endpoint = metric_endpoint(req.uri().path());
+    let event = match endpoint {
         "/token" => "token.denied",
         "/introspect" => "token.introspected",
         "/revoke" => "token.revoked",
         _ => "request.rejected",
     };
-    match tokio::time::timeout(limit, next.run(req)).await {
+    let resp = match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => {
-            // Method, path and status only: headers and bodies carry credentials.
-            tracing::debug!(%method, path, status = resp.status().as_u16(), "request answered");
+            // Method, route and status only: headers and bodies carry credentials.
+            tracing::debug!(%method, endpoint, status = resp.status().as_u16(), "request answered");
             resp
         }
         Err(_) => {
@@ -238,7 +207,40 @@ async fn request_deadline(
             let resp = ApiError(ServiceError::TemporarilyUnavailable).into_response();
             audit_refusal(&svc, &ctx, event, resp)
         }
-    }
+    };
+    count_request(&svc, grpc, endpoint, &resp, started);
+    resp
+}
+
+fn count_request(
+    svc: &Service,
+    grpc: bool,
+    endpoint: &'static str,
+    resp: &Response,
+    started: std::time::Instant,
+) {
+    use crate::metrics::{RequestOutcome, Transport};
+    let (transport, outcome) = if grpc && resp.status() == StatusCode::OK {
+        // A failed unary call is a trailers-only response: `grpc-status` is a header.
+        let code = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        (Transport::Grpc, RequestOutcome::from_grpc_status(code))
+    } else {
+        let transport = if grpc {
+            Transport::Grpc
+        } else {
+            Transport::Http
+        };
+        (
+            transport,
+            RequestOutcome::from_http_status(resp.status().as_u16()),
+        )
+    };
+    svc.metrics
+        .observe_request(transport, endpoint, outcome, started.elapsed());
 }
 
 /// Unknown paths and wrong methods get an OAuth-style JSON error and an audit event.
