@@ -101,3 +101,71 @@ fn sample_policy_compiles() {
         .unwrap_or_else(|e| panic!("deploy/policy.toml: {e}"));
     assert_eq!(policy.rule_count(), 2);
 }
+
+/// The block scalar under `key: |` in a ConfigMap, de-indented (the manifests' own
+/// layout; no YAML crate for one field).
+fn configmap_entry(yaml: &str, key: &str) -> String {
+    let header = format!("  {key}: |");
+    let mut lines = yaml.lines().skip_while(|l| *l != header).skip(1);
+    let mut out = String::new();
+    for line in lines.by_ref() {
+        if !line.is_empty() && !line.starts_with("    ") {
+            break;
+        }
+        out.push_str(line.strip_prefix("    ").unwrap_or(""));
+        out.push('\n');
+    }
+    assert!(!out.trim().is_empty(), "no {key} in the ConfigMap");
+    out
+}
+
+#[test]
+fn kubernetes_configmap_config_validates_and_its_policy_compiles() {
+    let yaml = std::fs::read_to_string(deploy("kubernetes/configmap.yaml")).unwrap();
+    let text = configmap_entry(&yaml, "tessera.toml");
+    let s = config::parse(&text, &[])
+        .unwrap_or_else(|e| panic!("parse: {e}"))
+        .validate(Path::new("/etc/tessera"))
+        .unwrap_or_else(|e| panic!("validate: {e}"));
+    // Several replicas: Redis, TLS from the agent's SVID, bundles from the agent.
+    let redis = s.redis.as_ref().expect("the Kubernetes sample shares Redis");
+    assert_eq!(redis.url, "redis://redis:6379/0");
+    assert!(s.tls.is_none(), "no TLS key file in the pod");
+    assert!(s.svid_workload_api.is_some());
+    assert!(s.serves_tls());
+    assert_eq!(s.admin_listen.to_string(), "0.0.0.0:9443");
+    assert!(s.audit_file.is_none(), "audit events go to stdout");
+    assert_eq!(s.key_dir, Path::new("/var/lib/tessera/keys"));
+
+    let policy = CompiledPolicy::from_toml(&configmap_entry(&yaml, "policy.toml"))
+        .unwrap_or_else(|e| panic!("ConfigMap policy.toml: {e}"));
+    assert_eq!(policy.rule_count(), 1);
+
+    // The paths the config names are the ones the Deployment mounts.
+    let deployment = std::fs::read_to_string(deploy("kubernetes/deployment.yaml")).unwrap();
+    for mount in ["/etc/tessera", "/run/spire/sockets", "/var/lib/tessera"] {
+        assert!(
+            deployment.contains(&format!("mountPath: {mount}\n")),
+            "{mount}"
+        );
+    }
+}
+
+#[test]
+fn compose_config_validates_and_ships_the_sample_policy() {
+    let text = std::fs::read_to_string(deploy("compose/tessera.toml")).unwrap();
+    let s = config::parse(&text, &[])
+        .unwrap_or_else(|e| panic!("parse: {e}"))
+        .validate(Path::new("/etc/tessera"))
+        .unwrap_or_else(|e| panic!("validate: {e}"));
+    assert_eq!(
+        s.redis.expect("compose runs Redis").url,
+        "redis://redis:6379/0"
+    );
+    assert!(s.tls.is_some());
+    assert_eq!(
+        std::fs::read_to_string(deploy("compose/policy.toml")).unwrap(),
+        std::fs::read_to_string(deploy("policy.toml")).unwrap(),
+        "deploy/compose/policy.toml is a copy of deploy/policy.toml"
+    );
+}
