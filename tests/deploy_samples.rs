@@ -128,7 +128,10 @@ fn kubernetes_configmap_config_validates_and_its_policy_compiles() {
         .validate(Path::new("/etc/tessera"))
         .unwrap_or_else(|e| panic!("validate: {e}"));
     // Several replicas: Redis, TLS from the agent's SVID, bundles from the agent.
-    let redis = s.redis.as_ref().expect("the Kubernetes sample shares Redis");
+    let redis = s
+        .redis
+        .as_ref()
+        .expect("the Kubernetes sample shares Redis");
     assert_eq!(redis.url, "redis://redis:6379/0");
     assert!(s.tls.is_none(), "no TLS key file in the pod");
     assert!(s.svid_workload_api.is_some());
