@@ -3,8 +3,11 @@
 #  - Kubernetes manifests against the Kubernetes JSON schemas (kubernetes-validate,
 #    strict: unknown fields fail);
 #  - the Grafana dashboard parses and uses only metric families docs/operations.md lists;
-#  - docker-compose.yml parses and runs Tessera read-only next to Redis;
-#  - the systemd unit passes `systemd-analyze verify` (when systemd-analyze exists).
+#  - kustomization.yaml lists every manifest;
+#  - docker-compose.yml parses and runs Tessera (built from deploy/Dockerfile) read-only
+#    next to Redis 7;
+#  - the systemd unit passes `systemd-analyze verify` (when systemd-analyze exists);
+#  - the dashboard's queries parse as PromQL (when promtool exists; `PROMTOOL=path`).
 # The Tessera configs inside these files are checked by tests/deploy_samples.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,15 +54,28 @@ for path in glob.glob("deploy/grafana/*.json"):
         sys.exit(f"{path}: metrics not in docs/operations.md: {sorted(unknown)}")
     print(f"deploy/validate.sh: {path}: {len(used)} metric names, all documented")
 
+kust = yaml.safe_load(open("deploy/kubernetes/kustomization.yaml"))
+listed = set(kust.get("resources", []))
+files = {p.split("/")[-1] for p in glob.glob("deploy/kubernetes/*.yaml")} - {"kustomization.yaml"}
+if listed != files:
+    sys.exit(f"deploy/kubernetes/kustomization.yaml: resources {sorted(listed)} != files {sorted(files)}")
+print(f"deploy/validate.sh: kustomization.yaml lists all {len(files)} manifests")
+
 compose = yaml.safe_load(open("deploy/docker-compose.yml"))
 services = compose.get("services", {})
 for name in ("tessera", "redis"):
     if name not in services:
         sys.exit(f"deploy/docker-compose.yml: no service {name}")
 t = services["tessera"]
+if t.get("build", {}).get("dockerfile") != "deploy/Dockerfile":
+    sys.exit("deploy/docker-compose.yml: tessera must be built from deploy/Dockerfile")
+if not str(services["redis"].get("image", "")).startswith("redis:7"):
+    sys.exit("deploy/docker-compose.yml: redis must be redis:7 (Tessera needs 7.0 or newer)")
 if t.get("read_only") is not True or "ALL" not in t.get("cap_drop", []):
     sys.exit("deploy/docker-compose.yml: tessera must run read_only with cap_drop ALL")
-print("deploy/validate.sh: docker-compose.yml: tessera (read-only, no capabilities) + redis")
+if str(t.get("user", "0")).split(":")[0] in ("0", "root"):
+    sys.exit("deploy/docker-compose.yml: tessera must run as a non-root user")
+print("deploy/validate.sh: docker-compose.yml: tessera (built, read-only, non-root, no capabilities) + redis:7")
 PY
 
 if command -v systemd-analyze >/dev/null 2>&1; then
@@ -75,4 +91,33 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   echo "deploy/validate.sh: systemd unit verified ($(systemd-analyze security --offline=yes "$tmp/tessera.service" 2>/dev/null | tail -1 | sed 's/.*level for [^:]*: //'))"
 else
   echo "deploy/validate.sh: systemd-analyze not installed; systemd unit not verified" >&2
+fi
+
+# PromQL syntax of every dashboard query, as recording rules (promtool has no bare
+# expression check). Optional: promtool comes with Prometheus, which CI does not install.
+PROMTOOL=${PROMTOOL:-promtool}
+if command -v "$PROMTOOL" >/dev/null 2>&1; then
+  rules=$(mktemp)
+  python3 - "$rules" <<'PY'
+import glob, json, sys
+exprs = []
+def walk(node):
+    if isinstance(node, dict):
+        if isinstance(node.get("expr"), str):
+            exprs.append(node["expr"].replace("$instance", ".*"))
+        for v in node.values():
+            walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            walk(v)
+for path in sorted(glob.glob("deploy/grafana/*.json")):
+    walk(json.load(open(path)))
+rules = [{"record": f"dashboard:query{i}", "expr": e} for i, e in enumerate(exprs)]
+json.dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.argv[1], "w"))
+PY
+  "$PROMTOOL" check rules "$rules" >/dev/null || { "$PROMTOOL" check rules "$rules"; rm -f "$rules"; exit 1; }
+  rm -f "$rules"
+  echo "deploy/validate.sh: dashboard queries parse as PromQL ($("$PROMTOOL" --version 2>&1 | head -1))"
+else
+  echo "deploy/validate.sh: promtool not installed; dashboard PromQL not parsed" >&2
 fi

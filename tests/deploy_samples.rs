@@ -166,6 +166,16 @@ fn compose_config_validates_and_ships_the_sample_policy() {
         "redis://redis:6379/0"
     );
     assert!(s.tls.is_some());
+    // What the config reads and writes is what docker-compose.yml mounts, and the image
+    // starts with this file.
+    let compose = std::fs::read_to_string(deploy("docker-compose.yml")).unwrap();
+    for mount in ["./compose:/etc/tessera:ro", "tessera-keys:/var/lib/tessera"] {
+        assert!(compose.contains(mount), "{mount}");
+    }
+    assert!(s.key_dir.starts_with("/var/lib/tessera"));
+    assert!(s.policy_file.starts_with("/etc/tessera"));
+    let dockerfile = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
+    assert!(dockerfile.contains(r#"CMD ["serve", "--config", "/etc/tessera/tessera.toml"]"#));
     assert_eq!(
         std::fs::read_to_string(deploy("compose/policy.toml")).unwrap(),
         std::fs::read_to_string(deploy("policy.toml")).unwrap(),
