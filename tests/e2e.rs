@@ -780,6 +780,48 @@ async fn subject_watermark_and_block_new() {
 }
 
 #[tokio::test]
+async fn block_new_out_of_range_is_refused_and_nothing_is_stored() {
+    let srv = Env::new().start().await;
+    let path = "/admin/v1/revocations";
+    // u64::MAX seconds once wrapped to a block that never held; i64::MAX overflowed.
+    for d in [
+        "0s",
+        "366d",
+        "9223372036854775807s",
+        "18446744073709551615s",
+        "99999999999999999999s",
+    ] {
+        let r = srv
+            .admin(
+                Method::POST,
+                path,
+                Some(json!({"subject": PAYMENTS, "reason": "typo", "block_new": d})),
+            )
+            .await;
+        r.assert_error(400, "invalid_request");
+    }
+    let r = srv.admin(Method::GET, path, None).await;
+    assert_eq!(r.json()["items"], json!([]), "refused calls stored nothing");
+    srv.token_for(PAYMENTS, LEDGER, None).await;
+
+    // The upper bound itself is accepted and renders as RFC 3339.
+    let r = srv
+        .admin(
+            Method::POST,
+            path,
+            Some(json!({"subject": PAYMENTS, "reason": "long", "block_new": "365d"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let rec = r.json();
+    let at = |k: &str| tessera::clock::parse_rfc3339(rec[k].as_str().unwrap()).unwrap();
+    assert_eq!(at("expires_at") - at("created_at"), 365 * 86_400, "{rec}");
+    let r = srv.exchange(&srv.svid(PAYMENTS, 3600), LEDGER, None).await;
+    r.assert_error(400, "invalid_grant");
+    srv.assert_every_request_audited_once();
+}
+
+#[tokio::test]
 async fn kid_revocation_rotates_and_unpublishes_the_key() {
     let srv = Env::new().start().await;
     let t = srv.token_for(PAYMENTS, LEDGER, None).await;

@@ -26,6 +26,22 @@ pub struct RevocationRequest {
 
 const MAX_REASON_LEN: usize = 512;
 const MAX_PAGE: usize = 1000;
+/// A quarantine longer than a year is an operator typo, and an unbounded one would
+/// overflow the timestamp it is stored as.
+const MAX_BLOCK_NEW_SECS: u64 = 365 * 86_400;
+
+/// Parses `block_new` into seconds, from 1s to 365d.
+fn block_new_secs(d: &str) -> Result<i64, ServiceError> {
+    let secs =
+        parse_duration(d).map_err(|e| ServiceError::InvalidRequest(format!("block_new: {e}")))?;
+    if secs == 0 || secs > MAX_BLOCK_NEW_SECS {
+        return Err(ServiceError::InvalidRequest(format!(
+            "block_new: {d:?} is out of range; give a duration from 1s to 365d"
+        )));
+    }
+    // Bounded above, so the cast is exact.
+    Ok(secs as i64)
+}
 
 #[derive(Debug, Clone)]
 pub struct ReloadOutcome {
@@ -156,11 +172,7 @@ impl Service {
             (None, Some(subject), None) => {
                 valid_subject(&subject)?;
                 let block_until = match req.block_new.as_deref() {
-                    Some(d) => Some(
-                        now + parse_duration(d)
-                            .map_err(|e| ServiceError::InvalidRequest(format!("block_new: {e}")))?
-                            as i64,
-                    ),
+                    Some(d) => Some(now + block_new_secs(d)?),
                     None => None,
                 };
                 let exp = horizon.max(block_until.unwrap_or(0));
