@@ -1,19 +1,34 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
-//! `examples/curl.md` works: its `sh` blocks, run in order by bash against a real
-//! `tessera serve --dev` (on free loopback ports), succeed and print what the prose
-//! says they print.
+//! `examples/curl.md` works: its `sh` blocks, run in order as one `bash -euo pipefail`
+//! script against a real `tessera serve --dev` (on free loopback ports, through
+//! `--listen`/`--admin-listen`), succeed and print what the prose says they print.
 
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-struct Killed(Child);
+/// A child process that is killed when the test ends, however it ends.
+struct KillOnDrop(Child);
 
-impl Drop for Killed {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+impl KillOnDrop {
+    /// Waits for the child to exit, killing it after `limit`.
+    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 }
 
@@ -25,51 +40,101 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The lines of every ```sh block, in order.
 fn sh_blocks(markdown: &str) -> String {
     let mut script = String::new();
     let mut in_sh = false;
     for line in markdown.lines() {
-        if line.trim() == "```sh" {
-            in_sh = true;
-        } else if line.trim() == "```" && in_sh {
-            in_sh = false;
-        } else if in_sh {
-            script.push_str(line);
-            script.push('\n');
+        match line.trim_end() {
+            "```sh" if !in_sh => in_sh = true,
+            "```" if in_sh => in_sh = false,
+            _ if in_sh => {
+                script.push_str(line);
+                script.push('\n');
+            }
+            _ => {}
         }
     }
+    assert!(!in_sh, "examples/curl.md: an sh block is not closed");
     script
+}
+
+fn log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Each needle is found on a line after the previous needle's line; a needle starting
+/// with `=` must be the whole line. Returns the matched line numbers.
+fn in_order(stdout: &str, needles: &[&str]) -> Vec<usize> {
+    let lines: Vec<&str> = stdout.lines().map(str::trim_end).collect();
+    let mut from = 0;
+    let mut found = Vec::new();
+    for needle in needles {
+        let hit = lines[from..]
+            .iter()
+            .position(|l| match needle.strip_prefix('=') {
+                Some(whole) => *l == whole,
+                None => l.contains(needle),
+            });
+        let at = from
+            + hit.unwrap_or_else(|| {
+                panic!("no line with {needle:?} after line {from} of the output:\n{stdout}")
+            });
+        found.push(at);
+        from = at + 1;
+    }
+    found
 }
 
 #[test]
 fn the_curl_walkthrough_runs_against_the_dev_server() {
-    if Command::new("curl").arg("--version").output().is_err() {
-        panic!("curl is not installed; examples/curl.md needs it (apt-get install curl)");
-    }
-    let bin = Path::new(env!("CARGO_BIN_EXE_tessera"));
+    assert!(
+        Command::new("curl").arg("--version").output().is_ok(),
+        "curl is not installed; examples/curl.md needs it"
+    );
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_tessera"));
     let dir = tempfile::tempdir().unwrap();
+    let server_log = dir.path().join("server.log");
     let (public, admin) = (free_port(), free_port());
-    let server = Killed(
-        Command::new(bin)
+    let tessera = format!("http://127.0.0.1:{public}");
+    let admin_url = format!("http://127.0.0.1:{admin}");
+    let mut server = KillOnDrop(
+        Command::new(&bin)
             .args(["serve", "--dev", "--listen"])
             .arg(format!("127.0.0.1:{public}"))
             .arg("--admin-listen")
             .arg(format!("127.0.0.1:{admin}"))
             .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(std::fs::File::create(&server_log).unwrap())
+            .stderr(Stdio::from(
+                std::fs::File::options()
+                    .append(true)
+                    .open(&server_log)
+                    .unwrap(),
+            ))
             .spawn()
             .unwrap(),
     );
-    let tessera = format!("http://127.0.0.1:{public}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Command::new("curl")
-        .args(["-sf", &format!("{tessera}/readyz")])
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "dev server did not become ready");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            panic!(
+                "tessera serve --dev exited ({status}) before it was ready (ports {public}/{admin} taken?):\n{}",
+                log(&server_log)
+            );
+        }
+        let ready = Command::new("curl")
+            .args(["-sf", "--max-time", "2", &format!("{tessera}/readyz")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dev server not ready after 60 s:\n{}",
+            log(&server_log)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -77,58 +142,78 @@ fn the_curl_walkthrough_runs_against_the_dev_server() {
         &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/curl.md"))
             .unwrap(),
     );
-    assert!(script.contains("curl"), "no sh blocks found");
+    assert!(script.contains("curl "), "no sh blocks found");
     let path = format!(
         "{}:{}",
         bin.parent().unwrap().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(dir.path())
-        .env("PATH", path)
-        .env("TESSERA", &tessera)
-        .env("ADMIN", format!("http://127.0.0.1:{admin}"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "curl.md failed:\n{stdout}\n{stderr}");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut bash = KillOnDrop(
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(dir.path())
+            .env("PATH", path)
+            .env("TESSERA", &tessera)
+            .env("ADMIN", &admin_url)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let status = bash.wait_for(Duration::from_secs(120));
+    let (stdout, stderr) = (log(&out_path), log(&err_path));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "examples/curl.md failed ({status:?}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- server\n{}",
+        log(&server_log)
+    );
     drop(server);
 
-    let lines: Vec<&str> = stdout.lines().collect();
-    let find = |needle: &str| {
-        lines
-            .iter()
-            .position(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no line with {needle} in:\n{stdout}"))
-    };
-    // Exchange, refusal, introspection, self-revocation, in that order.
-    let issued = find(r#""token_type":"Bearer""#);
-    let refused = find(r#""error":"invalid_target""#);
-    let active = find(r#""active":true"#);
-    let inactive = find(r#"{"active":false}"#);
-    assert!(
-        issued < refused && refused < active && active < inactive,
-        "{stdout}"
+    let lines: Vec<&str> = stdout.lines().map(str::trim_end).collect();
+    let at = in_order(
+        &stdout,
+        &[
+            // Exchange, refusal, introspection, self-revocation.
+            r#""token_type":"Bearer""#,
+            r#""error":"invalid_target""#,
+            r#""active":true"#,
+            r#"={"active":false}"#,
+            // Admin jti revocation.
+            r#""kind":"jti""#,
+            r#"={"active":false}"#,
+            // Subject revocation with block_new, then the blocked exchange.
+            r#""kind":"subject""#,
+            r#"={"active":false}"#,
+            r#""error":"invalid_grant""#,
+            // Listing, lifting, and a token again.
+            r#"{"items":[{"#,
+            "=204",
+            r#""token_type":"Bearer""#,
+            // Operator views.
+            r#""keys":[{"#,
+            "tessera_tokens_issued_total{rule=",
+            " 401",
+            "www-authenticate: ",
+            // Discovery and health.
+            r#"{"keys":[{"#,
+            &format!(r#""issuer":"{tessera}""#),
+            &format!("={tessera}/jwks.json"),
+            r#"={"status":"ok"}"#,
+            r#"={"status":"ready"}"#,
+        ],
     );
-    // The subject revocation with block_new, then the blocked exchange.
-    let subject = find(r#""kind":"subject""#);
-    assert!(lines[subject].contains("block_until"), "{stdout}");
-    assert_eq!(lines[subject + 1], r#"{"active":false}"#);
+    let active = lines[at[2]];
     assert!(
-        lines[subject + 2].contains(r#""error":"invalid_grant""#),
-        "{stdout}"
+        active.contains(r#""sub":"spiffe://dev.local/ns/demo/sa/app""#)
+            && active.contains(r#""scope":"ledger:read""#),
+        "{active}"
     );
-    // Operator views and discovery.
-    assert!(stdout.contains(r#""keys":[{"#), "{stdout}");
-    assert!(
-        stdout.contains("tessera_tokens_issued_total{rule="),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains(&format!(r#""issuer":"{tessera}""#)),
-        "{stdout}"
-    );
-    assert!(stdout.contains(r#"{"status":"ready"}"#), "{stdout}");
+    // Each revocation answer is followed directly by the inactive introspection.
+    assert_eq!(at[5], at[4] + 1, "{stdout}");
+    assert_eq!(at[7], at[6] + 1, "{stdout}");
+    assert_eq!(at[8], at[7] + 1, "{stdout}");
+    assert!(lines[at[6]].contains(r#""block_until":"#), "{stdout}");
+    assert_eq!(at[11], at[10] + 1, "{stdout}");
 }
