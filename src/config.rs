@@ -391,6 +391,8 @@ impl Settings {
     }
 }
 
+const MAX_ROTATE_EVERY_SECS: u64 = 365 * 86_400;
+
 fn duration(key: &str, v: &Option<String>, default: &str) -> Result<u64, ConfigError> {
     let s = v.as_deref().unwrap_or(default);
     parse_duration(s).map_err(|e| key_err(key, e.to_string()))
@@ -701,7 +703,15 @@ impl FileConfig {
         })?);
         let rotate_every = duration("signing.rotate_every", &self.signing.rotate_every, "24h")?;
         let prepublish = duration("signing.prepublish", &self.signing.prepublish, "1h")?;
-        if prepublish == 0 || rotate_every < 2 * prepublish.max(max_ttl) {
+        // Bounded so key timestamps cannot overflow (a u64 that large would wrap to a
+        // negative i64 and make rotation due on every tick).
+        if rotate_every > MAX_ROTATE_EVERY_SECS {
+            return Err(key_err(
+                "signing.rotate_every",
+                "must be at most 365d; rotate keys at least once a year",
+            ));
+        }
+        if prepublish == 0 || rotate_every < prepublish.max(max_ttl).saturating_mul(2) {
             return Err(key_err(
                 "signing.rotate_every",
                 "must be at least twice signing.prepublish and twice tokens.max_ttl, so keys overlap safely",
@@ -1094,6 +1104,16 @@ path = "store.redb"
                 "signing.algorithm",
             ),
             ("", &[("TESSERA_STORE__BACKEND", "mongo")], "store.backend"),
+            (
+                "",
+                &[("TESSERA_SIGNING__ROTATE_EVERY", "18446744073709551615s")],
+                "at most 365d",
+            ),
+            (
+                "",
+                &[("TESSERA_SIGNING__PREPUBLISH", "18446744073709551615s")],
+                "signing.rotate_every",
+            ),
             (
                 "",
                 &[("TESSERA_SERVER__LISTEN", "nowhere")],
