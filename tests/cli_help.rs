@@ -108,3 +108,21 @@ fn completions_for_bash_zsh_and_fish() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("possible values"));
 }
+
+#[test]
+fn dev_jwt_svid_refuses_a_ttl_out_of_range() {
+    // u64::MAX once wrapped to an exp one second before iat: a token born expired.
+    let bin = env!("CARGO_BIN_EXE_tessera");
+    let data_dir = std::env::temp_dir().join("tessera-cli-ttl-no-such-dir");
+    for ttl in ["0s", "25h", "18446744073709551615s"] {
+        let out = Command::new(bin)
+            .args(["dev", "jwt-svid", "spiffe://dev.local/x", "--audience", "a"])
+            .args(["--ttl", ttl, "--data-dir"])
+            .arg(&data_dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--ttl {ttl} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--ttl must be from 1s to 24h"), "{err}");
+    }
+}

@@ -271,6 +271,8 @@ pub enum AdminCommand {
     },
 }
 
+const MAX_DEV_SVID_TTL_SECS: u64 = 86_400;
+
 #[derive(Debug, Subcommand)]
 pub enum DevCommand {
     /// Mint a JWT-SVID from the dev trust domain (created by `serve --dev`).
@@ -280,7 +282,7 @@ pub enum DevCommand {
         /// The JWT-SVID's audience (repeat for several); Tessera's issuer URL to exchange it.
         #[arg(long, required = true)]
         audience: Vec<String>,
-        /// Lifetime, e.g. 5m.
+        /// Lifetime, from 1s to 24h, e.g. 5m.
         #[arg(long, default_value = "5m")]
         ttl: String,
         /// The dev server's data directory (holds the dev trust domain's key).
@@ -311,6 +313,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let id = SpiffeId::parse(&spiffe_id)
                 .with_context(|| format!("{spiffe_id:?} is not a SPIFFE ID"))?;
             let ttl = parse_duration(&ttl).context("--ttl")?;
+            // A JWT-SVID is short-lived; the bound also keeps iat + ttl from overflowing.
+            if !(1..=MAX_DEV_SVID_TTL_SECS).contains(&ttl) {
+                bail!("--ttl must be from 1s to 24h, e.g. --ttl 5m");
+            }
             let token = dev::mint_jwt_svid(&data_dir, &id, &audience, ttl, SystemClock.now())?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
