@@ -1,12 +1,23 @@
 //! A workload that keeps a fresh Tessera access token.
 //!
-//! It reads its JWT-SVID from a file (SPIRE's `spiffe-helper`, or a sidecar, rewrites that
-//! file as the SVID rotates), exchanges it at `POST /token` (RFC 8693 token exchange, a
-//! form body), and renews at about 80% of `expires_in`, reading the SVID file again each
-//! time. It prints when each token expires and its `jti`, never the token itself.
+//! It gets its JWT-SVID from the SPIFFE Workload API (the SPIRE agent's socket, asking
+//! for a JWT-SVID whose audience is Tessera) or from a file (SPIRE's `spiffe-helper`,
+//! or a sidecar, rewrites that file as the SVID rotates), exchanges it at `POST /token`
+//! (RFC 8693 token exchange, a form body), and renews at about 80% of `expires_in`,
+//! fetching the SVID again each time. It prints when each token expires and its `jti`,
+//! never the token itself.
 //!
-//! Run it against the dev server (`cargo run --release -- serve --dev` in another
-//! terminal, from the same directory so `./tessera-data` is shared):
+//! With a SPIRE agent (its socket in `SPIFFE_ENDPOINT_SOCKET`, as the SPIFFE CSI driver
+//! or a hostPath mount provides it):
+//!
+//! ```sh
+//! SPIFFE_ENDPOINT_SOCKET=unix:///spiffe-workload-api/spire-agent.sock \
+//! TESSERA_URL=https://tessera.example.org TESSERA_CA_FILE=ca.crt \
+//!     cargo run --release -q --example exchange_client
+//! ```
+//!
+//! Against the dev server (`cargo run --release -- serve --dev` in another terminal,
+//! from the same directory so `./tessera-data` is shared), from a file:
 //!
 //! ```sh
 //! cargo run --release -q -- dev jwt-svid spiffe://dev.local/ns/demo/sa/app \
@@ -25,11 +36,13 @@
 //! done
 //! ```
 //!
-//! Settings: the SVID file is the first argument or `TESSERA_SVID_FILE`; `TESSERA_URL`
-//! (default `http://127.0.0.1:8080`), `TESSERA_AUDIENCE` (default
-//! `https://ledger.dev.local`), `TESSERA_SCOPE` (default `ledger:read`; empty asks for
-//! the rule's default scopes), `TESSERA_CA_FILE` (a PEM CA to trust for an https URL).
-//! `--once` exchanges once and exits (non-zero on failure).
+//! Settings: the SVID file is the first argument or `TESSERA_SVID_FILE`; without one,
+//! the Workload API at `SPIFFE_ENDPOINT_SOCKET` is used, asking for the audience
+//! `TESSERA_SVID_AUDIENCE` (default: `TESSERA_URL`, Tessera's issuer in `serve --dev`;
+//! set it to your `issuer` otherwise). `TESSERA_URL` (default `http://127.0.0.1:8080`),
+//! `TESSERA_AUDIENCE` (default `https://ledger.dev.local`), `TESSERA_SCOPE` (default
+//! `ledger:read`; empty asks for the rule's default scopes), `TESSERA_CA_FILE` (a PEM CA
+//! to trust for an https URL). `--once` exchanges once and exits (non-zero on failure).
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
@@ -44,9 +57,19 @@ const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 const RENEW_AT: f64 = 0.8;
 const MAX_BACKOFF_SECS: u64 = 30;
 
+/// Where the workload's JWT-SVID comes from; asked again before every exchange, since
+/// it rotates.
+pub enum SvidSource {
+    /// A file that a sidecar rewrites as the SVID rotates.
+    File(PathBuf),
+    /// The SPIFFE Workload API (`unix:///path/agent.sock` or `tcp://ip:port`), asked for
+    /// a JWT-SVID of the default identity with this audience.
+    WorkloadApi { endpoint: String, audience: String },
+}
+
 pub struct Settings {
     pub url: String,
-    pub svid_file: PathBuf,
+    pub svid: SvidSource,
     pub audience: String,
     pub scope: Option<String>,
     /// PEM CA certificate to trust for an https Tessera (`TESSERA_CA_FILE`).
@@ -62,21 +85,30 @@ impl Settings {
             if arg == "--once" {
                 once = true;
             } else if arg.to_string_lossy().starts_with('-') {
-                bail!("unknown option {arg:?}; usage: exchange_client [--once] SVID_FILE");
+                bail!("unknown option {arg:?}; usage: exchange_client [--once] [SVID_FILE]");
             } else {
                 svid_file = Some(PathBuf::from(arg));
             }
         }
-        let svid_file = svid_file.ok_or_else(|| {
-            anyhow!("give the JWT-SVID file as the first argument or in TESSERA_SVID_FILE")
-        })?;
         let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.into());
+        let url = env("TESSERA_URL", "http://127.0.0.1:8080")
+            .trim_end_matches('/')
+            .to_owned();
+        let svid = match (svid_file, std::env::var("SPIFFE_ENDPOINT_SOCKET")) {
+            (Some(file), _) => SvidSource::File(file),
+            (None, Ok(endpoint)) if !endpoint.is_empty() => SvidSource::WorkloadApi {
+                endpoint,
+                audience: env("TESSERA_SVID_AUDIENCE", &url),
+            },
+            (None, _) => bail!(
+                "no JWT-SVID source: give a JWT-SVID file (first argument or TESSERA_SVID_FILE), \
+                 or set SPIFFE_ENDPOINT_SOCKET to the Workload API socket"
+            ),
+        };
         let scope = env("TESSERA_SCOPE", "ledger:read");
         Ok(Self {
-            url: env("TESSERA_URL", "http://127.0.0.1:8080")
-                .trim_end_matches('/')
-                .to_owned(),
-            svid_file,
+            url,
+            svid,
             audience: env("TESSERA_AUDIENCE", "https://ledger.dev.local"),
             scope: (!scope.is_empty()).then_some(scope),
             ca_file: std::env::var_os("TESSERA_CA_FILE").map(PathBuf::from),
@@ -122,17 +154,37 @@ impl AccessToken {
     }
 }
 
-/// Reads the SVID file (again: it rotates) and exchanges it for an access token.
-pub async fn exchange(http: &reqwest::Client, s: &Settings) -> Result<AccessToken> {
-    let svid = std::fs::read_to_string(&s.svid_file)
-        .with_context(|| format!("cannot read the JWT-SVID from {}", s.svid_file.display()))?;
+/// The current JWT-SVID: read from the file, or fetched from the Workload API.
+pub async fn fetch_svid(source: &SvidSource) -> Result<String> {
+    let svid = match source {
+        SvidSource::File(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the JWT-SVID from {}", path.display()))?,
+        SvidSource::WorkloadApi { endpoint, audience } => {
+            // A connection per fetch: renewals are minutes apart.
+            let client = spiffe::WorkloadApiClient::connect_to(endpoint)
+                .await
+                .with_context(|| format!("cannot reach the Workload API at {endpoint}"))?;
+            client
+                .fetch_jwt_token([audience.as_str()], None)
+                .await
+                .with_context(|| {
+                    format!("the Workload API at {endpoint} gave no JWT-SVID for {audience}")
+                })?
+        }
+    };
     let svid = svid.trim();
     if svid.is_empty() {
-        bail!("{} is empty", s.svid_file.display());
+        bail!("the JWT-SVID is empty");
     }
+    Ok(svid.to_owned())
+}
+
+/// Fetches the SVID (again: it rotates) and exchanges it for an access token.
+pub async fn exchange(http: &reqwest::Client, s: &Settings) -> Result<AccessToken> {
+    let svid = fetch_svid(&s.svid).await?;
     let mut form = vec![
         ("grant_type", GRANT_TOKEN_EXCHANGE),
-        ("subject_token", svid),
+        ("subject_token", svid.as_str()),
         ("subject_token_type", TOKEN_TYPE_JWT),
         ("audience", s.audience.as_str()),
     ];

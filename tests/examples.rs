@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 //! The examples run against a real Tessera (HTTPS on 127.0.0.1:0, real keys): the
 //! resource server's tower layer (JWKS cache and refetch, aud, scope, RFC 8705 binding,
-//! optional introspection) and the exchange client (exchange, renewal re-reading the
-//! rotated SVID file).
+//! optional introspection) and the exchange client (exchange, and renewal fetching the
+//! rotated SVID again, from a file or from a fake SPIRE agent's Workload API).
 
 mod common;
 
@@ -10,17 +10,25 @@ mod common;
 #[allow(dead_code)]
 mod resource_server;
 
+#[path = "common/agent.rs"]
+mod agent;
+
 #[path = "../examples/exchange_client.rs"]
 #[allow(dead_code)]
 mod exchange_client;
 
+use agent::{AgentState, serve_agent};
 use common::mtls::{Leaf, X509Setup as Setup, leaf, x509_server as tessera};
-use common::{BATCH, BATCH_JOB, ISSUER, LEDGER, PAYMENTS, STATIC_CLIENT, Server};
+use common::{
+    BATCH, BATCH_JOB, ISSUER, LEDGER, PAYMENTS, PAYMENTS_WORKER, STATIC_CLIENT, Server, jws_part,
+};
 use reqwest::Method;
 use resource_server::{IntrospectionAuth, TokenVerifier, VerifierConfig};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tessera::clock::{Clock as _, SystemClock};
+use tessera::workload::pb;
+use tokio::sync::watch;
 
 fn verifier(srv: &Server, introspection: Option<IntrospectionAuth>) -> TokenVerifier {
     verifier_with_cooldown(srv, introspection, Duration::from_secs(3600))
@@ -303,7 +311,7 @@ async fn the_exchange_client_exchanges_and_renews_from_the_rotated_svid_file() {
     std::fs::write(&ca_file, &s.srv.env.pki.ca_pem).unwrap();
     let settings = exchange_client::Settings {
         url: s.srv.public.clone(),
-        svid_file: svid_file.clone(),
+        svid: exchange_client::SvidSource::File(svid_file.clone()),
         audience: LEDGER.into(),
         scope: Some("ledger:read".into()),
         ca_file: Some(ca_file),
@@ -330,4 +338,75 @@ async fn the_exchange_client_exchanges_and_renews_from_the_rotated_svid_file() {
         .err()
         .unwrap();
     assert!(format!("{err:#}").contains("invalid_grant"), "{err:#}");
+}
+
+#[tokio::test]
+async fn the_exchange_client_fetches_its_jwt_svid_from_the_workload_api() {
+    let s = tessera().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, &s.srv.env.pki.ca_pem).unwrap();
+    let sock = dir.path().join("agent.sock");
+    let issued = |id: &str| AgentState {
+        jwt_svid: Some(pb::Jwtsvid {
+            spiffe_id: id.into(),
+            svid: s.srv.svid(id, 300),
+            hint: String::new(),
+        }),
+        ..AgentState::default()
+    };
+    let (agent, rx) = watch::channel(issued(PAYMENTS));
+    let requests = serve_agent(&sock, rx);
+    let mut settings = exchange_client::Settings {
+        url: s.srv.public.clone(),
+        svid: exchange_client::SvidSource::WorkloadApi {
+            endpoint: format!("unix://{}", sock.display()),
+            audience: ISSUER.into(),
+        },
+        audience: LEDGER.into(),
+        scope: None,
+        ca_file: Some(ca_file),
+        once: true,
+    };
+    let http = exchange_client::http_client(&settings).unwrap();
+
+    let first = exchange_client::exchange(&http, &settings).await.unwrap();
+    assert_eq!(jws_part(&first.value, 1)["sub"], PAYMENTS);
+    assert!(s.srv.active(&first.value).await);
+    {
+        let asked = requests.lock().unwrap();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(
+            asked[0].audience,
+            vec![ISSUER.to_owned()],
+            "asks for Tessera"
+        );
+        assert_eq!(asked[0].spiffe_id, "", "the default identity");
+    }
+
+    // The agent now issues another SVID: the renewal asks again and exchanges the new one.
+    agent.send(issued(PAYMENTS_WORKER)).unwrap();
+    let renewed = exchange_client::exchange(&http, &settings).await.unwrap();
+    assert_eq!(jws_part(&renewed.value, 1)["sub"], PAYMENTS_WORKER);
+    assert_eq!(requests.lock().unwrap().len(), 2);
+
+    // No identity from the agent, or no agent: errors that say where it failed.
+    agent.send(AgentState::default()).unwrap();
+    let err = exchange_client::exchange(&http, &settings)
+        .await
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("gave no JWT-SVID"), "{err:#}");
+    settings.svid = exchange_client::SvidSource::WorkloadApi {
+        endpoint: format!("unix://{}", dir.path().join("absent.sock").display()),
+        audience: ISSUER.into(),
+    };
+    let err = exchange_client::exchange(&http, &settings)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        format!("{err:#}").contains("cannot reach the Workload API"),
+        "{err:#}"
+    );
 }

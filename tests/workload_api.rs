@@ -1,29 +1,25 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
-//! The SPIFFE Workload API end to end: a fake SPIRE agent (the generated tonic server
-//! of `proto/spiffe/workload/workload.proto` on a unix socket, rcgen certificates) feeds
+//! The SPIFFE Workload API end to end: a fake SPIRE agent (`common/agent.rs`: the
+//! generated tonic server on a unix socket, rcgen certificates) feeds
 //! Tessera its own X.509-SVID and the example.org bundles. Rotation on command proves
 //! new handshakes see the new SVID and roots while open connections keep working, with
 //! no restart.
 
+#[path = "common/agent.rs"]
+mod agent;
 mod common;
 
+use agent::{AgentState, serve_agent};
 use common::mtls::{Leaf, SpiffeCa, ca, leaf};
 use common::{Env, JWT_SPIFFE, LEDGER, PAYMENTS, jws_part};
 use rcgen::{ExtendedKeyUsagePurpose, IsCa};
 use serde_json::{Value, json};
-use std::pin::Pin;
 use std::time::Duration;
 use tessera::clock::{Clock as _, SystemClock};
 use tessera::domain::TrustDomain;
 use tessera::jose::{b64url, sha256};
 use tessera::workload::pb;
-use tessera::workload::pb::spiffe_workload_api_server::{
-    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
-};
 use tokio::sync::watch;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
-use tonic::{Request, Response, Status};
 
 const TESSERA_ID: &str = "spiffe://example.org/tessera";
 
@@ -35,16 +31,9 @@ fn svid(ca: &SpiffeCa, uri: &str, eku: ExtendedKeyUsagePurpose) -> Leaf {
     })
 }
 
-/// What the fake agent currently serves.
-#[derive(Clone)]
-struct AgentState {
-    x509: pb::X509svidResponse,
-    jwt: pb::JwtBundlesResponse,
-}
-
 fn agent_state(svid: &Leaf, ca: &SpiffeCa, jwks: &str) -> AgentState {
     AgentState {
-        x509: pb::X509svidResponse {
+        x509: Some(pb::X509svidResponse {
             svids: vec![pb::X509svid {
                 spiffe_id: TESSERA_ID.into(),
                 x509_svid: svid.der.clone(),
@@ -54,80 +43,12 @@ fn agent_state(svid: &Leaf, ca: &SpiffeCa, jwks: &str) -> AgentState {
             }],
             crl: vec![],
             federated_bundles: Default::default(),
-        },
-        jwt: pb::JwtBundlesResponse {
+        }),
+        jwt_bundles: Some(pb::JwtBundlesResponse {
             bundles: [("spiffe://example.org".to_owned(), jwks.as_bytes().to_vec())].into(),
-        },
+        }),
+        jwt_svid: None,
     }
-}
-
-struct FakeAgent(watch::Receiver<AgentState>);
-
-type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl SpiffeWorkloadApi for FakeAgent {
-    type FetchX509SVIDStream = Stream<pb::X509svidResponse>;
-    type FetchX509BundlesStream = Stream<pb::X509BundlesResponse>;
-    type FetchJWTBundlesStream = Stream<pb::JwtBundlesResponse>;
-
-    async fn fetch_x509svid(
-        &self,
-        _: Request<pb::X509svidRequest>,
-    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let s = WatchStream::new(self.0.clone()).map(|st| Ok(st.x509));
-        Ok(Response::new(Box::pin(s)))
-    }
-
-    async fn fetch_x509_bundles(
-        &self,
-        _: Request<pb::X509BundlesRequest>,
-    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let s = WatchStream::new(self.0.clone()).map(|st| {
-            Ok(pb::X509BundlesResponse {
-                crl: vec![],
-                bundles: [(
-                    "spiffe://example.org".to_owned(),
-                    st.x509.svids[0].bundle.clone(),
-                )]
-                .into(),
-            })
-        });
-        Ok(Response::new(Box::pin(s)))
-    }
-
-    async fn fetch_jwtsvid(
-        &self,
-        _: Request<pb::JwtsvidRequest>,
-    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
-        Err(Status::unimplemented("not in the fake agent"))
-    }
-
-    async fn fetch_jwt_bundles(
-        &self,
-        _: Request<pb::JwtBundlesRequest>,
-    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let s = WatchStream::new(self.0.clone()).map(|st| Ok(st.jwt));
-        Ok(Response::new(Box::pin(s)))
-    }
-
-    async fn validate_jwtsvid(
-        &self,
-        _: Request<pb::ValidateJwtsvidRequest>,
-    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
-        Err(Status::unimplemented("not in the fake agent"))
-    }
-}
-
-fn serve_agent(path: &std::path::Path, rx: watch::Receiver<AgentState>) {
-    let listener = tokio::net::UnixListener::bind(path).unwrap();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(SpiffeWorkloadApiServer::new(FakeAgent(rx)))
-            .serve_with_incoming(UnixListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
 }
 
 /// A client trusting both agent CAs (the server SVID has no DNS name, only its SPIFFE
