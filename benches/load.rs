@@ -16,7 +16,9 @@
 //!   client assertion, with the revocation check on every request;
 //!
 //! at concurrency 16 and 64 over kept-alive HTTP/1.1 connections (one request in flight
-//! per connection), and prints one table: requests/s, p50/p99 latency, the server's CPU
+//! per connection), then the reused-SVID exchange and introspection again over gRPC
+//! (`TokenService`, one HTTP/2 connection and one call in flight per task;
+//! `LOAD_ENDPOINTS=grpc` runs only those), and prints one table: requests/s, p50/p99 latency, the server's CPU
 //! (from `/proc/<pid>/stat`, so the load generator's own CPU is not counted) and its
 //! peak RSS (`VmHWM`). Every answer is checked: a 200 with a token, or `active:true`.
 //!
@@ -44,8 +46,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera::clock::Clock as _;
+use tessera::grpc::pb;
+use tessera::grpc::pb::token_service_client::TokenServiceClient;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const INTROSPECTION_TOKENS: usize = 512;
@@ -182,6 +188,41 @@ fn tls_connector(env: &common::Env) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
+/// TLS with ALPN `h2`, for the gRPC rows.
+fn grpc_tls_connector(env: &common::Env) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls_pki_types::pem::PemObject::from_pem_slice(env.pki.ca_pem.as_bytes()).unwrap();
+    roots.add(ca).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+/// A tonic client on its own HTTP/2 connection to `addr`.
+async fn grpc_client(addr: SocketAddr, tls: &TlsConnector) -> TokenServiceClient<Channel> {
+    let tls = tls.clone();
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let tls = tls.clone();
+            async move {
+                let tcp = TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                let stream = tls.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    TokenServiceClient::new(channel)
+}
+
 /// One kept-alive HTTP/1.1 connection over TLS.
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
@@ -287,31 +328,86 @@ struct Row {
 /// Whether an answer is the expected success.
 type Check = fn(u16, &[u8]) -> bool;
 
-struct Load<'a> {
-    addr: SocketAddr,
-    tls: &'a TlsConnector,
+/// One connection's way to send the n-th request of a row and judge the answer.
+trait Caller: Send + 'static {
+    /// Sends request `n`; `Err` holds what came back when it was not the expected success.
+    fn call(&mut self, n: usize) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// A form POST over one kept-alive HTTP/1.1 connection.
+struct HttpCaller {
+    conn: Conn,
     path: &'static str,
     bodies: Arc<Vec<Bytes>>,
     check: Check,
 }
 
-/// Drives `concurrency` connections for `warmup + measure`; only the second part counts.
-async fn drive(
-    load: &Load<'_>,
-    concurrency: usize,
+impl Caller for HttpCaller {
+    async fn call(&mut self, n: usize) -> Result<(), String> {
+        let body = self.bodies[n % self.bodies.len()].clone();
+        let (status, resp) = self.conn.post(self.path, body, None).await;
+        if (self.check)(status, &resp) {
+            Ok(())
+        } else {
+            Err(format!("{status} {}", String::from_utf8_lossy(&resp)))
+        }
+    }
+}
+
+/// What a gRPC row sends.
+#[derive(Clone)]
+enum GrpcCall {
+    Exchange(pb::ExchangeRequest),
+    /// Introspection of one of `tokens`, authenticated by a JWT-SVID in metadata.
+    Introspect {
+        tokens: Arc<Vec<String>>,
+        assertion: MetadataValue<Ascii>,
+    },
+}
+
+/// A unary call over one HTTP/2 connection (its own channel), one call in flight.
+struct GrpcCaller {
+    client: TokenServiceClient<Channel>,
+    call: GrpcCall,
+}
+
+impl Caller for GrpcCaller {
+    async fn call(&mut self, n: usize) -> Result<(), String> {
+        match &self.call {
+            GrpcCall::Exchange(req) => match self.client.exchange(req.clone()).await {
+                Ok(r) if !r.get_ref().access_token.is_empty() => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+            GrpcCall::Introspect { tokens, assertion } => {
+                let mut req = tonic::Request::new(pb::IntrospectRequest {
+                    token: tokens[n % tokens.len()].clone(),
+                    ..Default::default()
+                });
+                req.metadata_mut()
+                    .insert("client-assertion", assertion.clone());
+                match self.client.introspect(req).await {
+                    Ok(r) if r.get_ref().active => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        }
+    }
+}
+
+/// Drives the callers (one per connection) for `warmup + measure`; only the second
+/// part counts.
+async fn drive<C: Caller>(
+    label: &str,
+    callers: Vec<C>,
     warmup: Duration,
     measure: Duration,
     pids: (u32, Option<u32>),
 ) -> Measured {
-    let mut conns = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        conns.push(Conn::open(load.addr, load.tls).await);
-    }
+    let concurrency = callers.len();
     let begin = Instant::now() + Duration::from_millis(20);
     let (measure_from, end) = (begin + warmup, begin + warmup + measure);
     let mut tasks = Vec::new();
-    for (i, mut conn) in conns.into_iter().enumerate() {
-        let (bodies, path, check) = (load.bodies.clone(), load.path, load.check);
+    for (i, mut caller) in callers.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
             let mut latencies_us: Vec<u32> = Vec::with_capacity(1 << 16);
             let mut failed = 0u64;
@@ -323,20 +419,20 @@ async fn drive(
                 if t >= end {
                     break;
                 }
-                let body = bodies[n % bodies.len()].clone();
+                let answer = caller.call(n).await;
                 n += concurrency;
-                let (status, resp) = conn.post(path, body, None).await;
-                let ok = check(status, &resp);
                 if t >= measure_from {
-                    if ok {
+                    if answer.is_ok() {
                         let us = t.elapsed().as_micros();
                         latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
                     } else {
                         failed += 1;
                     }
                 }
-                if !ok && first_failure.is_none() {
-                    first_failure = Some(format!("{status} {}", String::from_utf8_lossy(&resp)));
+                if let Err(e) = answer
+                    && first_failure.is_none()
+                {
+                    first_failure = Some(e);
                 }
             }
             (latencies_us, failed, first_failure)
@@ -361,7 +457,7 @@ async fn drive(
     for t in tasks {
         let (l, f, first) = t.await.unwrap();
         if let Some(first) = first {
-            eprintln!("load: unexpected answer on {}: {first}", load.path);
+            eprintln!("load: unexpected answer on {label}: {first}");
         }
         latencies.extend(l);
         failed += f;
@@ -413,11 +509,14 @@ async fn measure_store(
     let exchange = exchange_body(&svid);
     let assertion = env.svid(common::RS, 3600);
     let mut conn = Conn::open(server.public, &tls).await;
-    let mut introspections = Vec::with_capacity(INTROSPECTION_TOKENS);
+    let mut tokens = Vec::with_capacity(INTROSPECTION_TOKENS);
     for _ in 0..INTROSPECTION_TOKENS {
-        let token = issue(&mut conn, &exchange).await;
-        introspections.push(introspect_body(&token, &assertion));
+        tokens.push(issue(&mut conn, &exchange).await);
     }
+    let introspections: Vec<Bytes> = tokens
+        .iter()
+        .map(|t| introspect_body(t, &assertion))
+        .collect();
     // Three kinds of row: an exchange with a JWT-SVID never seen before (full ES256
     // verification, then signing), an exchange re-presenting one SVID (its verification
     // comes from the subject-token cache, as for a workload that exchanges its SVID for
@@ -429,7 +528,8 @@ async fn measure_store(
     ];
     let introspections = Arc::new(introspections);
     // LOAD_ENDPOINTS=/token (or /introspect) runs one endpoint's rows.
-    let endpoints = std::env::var("LOAD_ENDPOINTS").unwrap_or_else(|_| "/token,/introspect".into());
+    let endpoints =
+        std::env::var("LOAD_ENDPOINTS").unwrap_or_else(|_| "/token,/introspect,grpc".into());
     for (label, path, check) in kinds.into_iter().filter(|k| endpoints.contains(k.1)) {
         for concurrency in [16, 64] {
             let bodies = match label {
@@ -442,26 +542,69 @@ async fn measure_store(
                         .collect(),
                 ),
             };
-            let load = Load {
-                addr: server.public,
-                tls: &tls,
-                path,
-                bodies,
-                check,
-            };
-            let m = drive(
-                &load,
-                concurrency,
-                warmup,
-                measure,
-                (server.pid(), redis_pid),
-            )
-            .await;
-            if m.per_sec * (warmup + measure).as_secs_f64() > load.bodies.len() as f64
+            let n_bodies = bodies.len();
+            let mut callers = Vec::with_capacity(concurrency);
+            for _ in 0..concurrency {
+                callers.push(HttpCaller {
+                    conn: Conn::open(server.public, &tls).await,
+                    path,
+                    bodies: bodies.clone(),
+                    check,
+                });
+            }
+            let m = drive(label, callers, warmup, measure, (server.pid(), redis_pid)).await;
+            if m.per_sec * (warmup + measure).as_secs_f64() > n_bodies as f64
                 && label.contains("new SVID")
             {
                 eprintln!("load: {label} sent more requests than it had SVIDs; some repeated");
             }
+            eprintln!(
+                "load: {store_name} {label} c={concurrency}: {:.0}/s",
+                m.per_sec
+            );
+            rows.push(Row {
+                store: store_name,
+                endpoint: label,
+                concurrency,
+                m,
+                peak_rss_mib: peak_rss_mib(server.pid()),
+            });
+        }
+    }
+    if !endpoints.contains("grpc") {
+        return;
+    }
+    // The same exchange (SVID reused) and introspection over gRPC (contract §7): HTTP/2 on
+    // the same TLS listener, one channel and one call in flight per connection.
+    let grpc_tls = grpc_tls_connector(env);
+    let grpc_kinds = [
+        (
+            "gRPC Exchange (SVID reused)",
+            GrpcCall::Exchange(pb::ExchangeRequest {
+                subject_token: svid.clone(),
+                subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+                audience: common::LEDGER.into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "gRPC Introspect",
+            GrpcCall::Introspect {
+                tokens: Arc::new(tokens),
+                assertion: assertion.parse().unwrap(),
+            },
+        ),
+    ];
+    for (label, call) in grpc_kinds {
+        for concurrency in [16, 64] {
+            let mut callers = Vec::with_capacity(concurrency);
+            for _ in 0..concurrency {
+                callers.push(GrpcCaller {
+                    client: grpc_client(server.public, &grpc_tls).await,
+                    call: call.clone(),
+                });
+            }
+            let m = drive(label, callers, warmup, measure, (server.pid(), redis_pid)).await;
             eprintln!(
                 "load: {store_name} {label} c={concurrency}: {:.0}/s",
                 m.per_sec
@@ -624,7 +767,7 @@ async fn main() {
         revocation_lag(&env, &store, env_num("LOAD_LAG_TRIALS", 50).max(1)).await;
 
     println!(
-        "\nTLS 1.3, HTTP/1.1 keep-alive, one request in flight per connection, {} s per row; \
+        "\nTLS 1.3, HTTP/1.1 keep-alive (gRPC rows: HTTP/2), one request in flight per connection, {} s per row; \
          CPU in % of one core (the machine has {}).\n",
         env_num("LOAD_SECS", 5),
         std::thread::available_parallelism().map_or(0, usize::from)
