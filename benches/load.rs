@@ -173,7 +173,9 @@ fn https_client(env: &common::Env) -> reqwest::Client {
         .unwrap()
 }
 
-fn tls_connector(env: &common::Env) -> TlsConnector {
+/// TLS to the server's public listener, offering one ALPN protocol (`http/1.1` for the
+/// HTTP rows, `h2` for gRPC).
+fn tls_connector(env: &common::Env, alpn: &[u8]) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     let ca = rustls_pki_types::pem::PemObject::from_pem_slice(env.pki.ca_pem.as_bytes()).unwrap();
     roots.add(ca).unwrap();
@@ -184,23 +186,7 @@ fn tls_connector(env: &common::Env) -> TlsConnector {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsConnector::from(Arc::new(config))
-}
-
-/// TLS with ALPN `h2`, for the gRPC rows.
-fn grpc_tls_connector(env: &common::Env) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = rustls_pki_types::pem::PemObject::from_pem_slice(env.pki.ca_pem.as_bytes()).unwrap();
-    roots.add(ca).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     TlsConnector::from(Arc::new(config))
 }
 
@@ -504,7 +490,7 @@ async fn measure_store(
         Duration::from_secs(env_num("LOAD_SECS", 5)),
     );
     let server = Tessera::start(env, store_name, store).await;
-    let tls = tls_connector(env);
+    let tls = tls_connector(env, b"http/1.1");
     let svid = env.svid(common::PAYMENTS, 3600);
     let exchange = exchange_body(&svid);
     let assertion = env.svid(common::RS, 3600);
@@ -576,7 +562,7 @@ async fn measure_store(
     }
     // The same exchange (SVID reused) and introspection over gRPC (contract §7): HTTP/2 on
     // the same TLS listener, one channel and one call in flight per connection.
-    let grpc_tls = grpc_tls_connector(env);
+    let grpc_tls = tls_connector(env, b"h2");
     let grpc_kinds = [
         (
             "gRPC Exchange (SVID reused)",
@@ -648,7 +634,7 @@ async fn revocation_lag(
 ) -> (Vec<LagTrial>, Vec<Duration>) {
     let a = Tessera::start(env, "replica-a", store).await;
     let b = Tessera::start(env, "replica-b", store).await;
-    let tls = tls_connector(env);
+    let tls = tls_connector(env, b"http/1.1");
     let exchange = exchange_body(&env.svid(common::PAYMENTS, 3600));
     let assertion = env.svid(common::RS, 3600);
     let mut on_a = Conn::open(a.public, &tls).await;
