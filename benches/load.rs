@@ -311,6 +311,29 @@ struct Row {
     peak_rss_mib: f64,
 }
 
+impl Row {
+    /// Logs the row's rate as it is measured, and reads the server's peak RSS so far.
+    fn new(
+        store: &'static str,
+        endpoint: &'static str,
+        concurrency: usize,
+        m: Measured,
+        server_pid: u32,
+    ) -> Self {
+        eprintln!(
+            "load: {store} {endpoint} c={concurrency}: {:.0}/s",
+            m.per_sec
+        );
+        Self {
+            store,
+            endpoint,
+            concurrency,
+            m,
+            peak_rss_mib: peak_rss_mib(server_pid),
+        }
+    }
+}
+
 /// Whether an answer is the expected success.
 type Check = fn(u16, &[u8]) -> bool;
 
@@ -544,17 +567,7 @@ async fn measure_store(
             {
                 eprintln!("load: {label} sent more requests than it had SVIDs; some repeated");
             }
-            eprintln!(
-                "load: {store_name} {label} c={concurrency}: {:.0}/s",
-                m.per_sec
-            );
-            rows.push(Row {
-                store: store_name,
-                endpoint: label,
-                concurrency,
-                m,
-                peak_rss_mib: peak_rss_mib(server.pid()),
-            });
+            rows.push(Row::new(store_name, label, concurrency, m, server.pid()));
         }
     }
     if !endpoints.contains("grpc") {
@@ -591,17 +604,7 @@ async fn measure_store(
                 });
             }
             let m = drive(label, callers, warmup, measure, (server.pid(), redis_pid)).await;
-            eprintln!(
-                "load: {store_name} {label} c={concurrency}: {:.0}/s",
-                m.per_sec
-            );
-            rows.push(Row {
-                store: store_name,
-                endpoint: label,
-                concurrency,
-                m,
-                peak_rss_mib: peak_rss_mib(server.pid()),
-            });
+            rows.push(Row::new(store_name, label, concurrency, m, server.pid()));
         }
     }
 }
