@@ -703,8 +703,7 @@ impl FileConfig {
         })?);
         let rotate_every = duration("signing.rotate_every", &self.signing.rotate_every, "24h")?;
         let prepublish = duration("signing.prepublish", &self.signing.prepublish, "1h")?;
-        // Bounded so key timestamps cannot overflow (a u64 that large would wrap to a
-        // negative i64 and make rotation due on every tick).
+        // A key that signs for over a year defeats rotation.
         if rotate_every > MAX_ROTATE_EVERY_SECS {
             return Err(key_err(
                 "signing.rotate_every",
@@ -1106,12 +1105,12 @@ path = "store.redb"
             ("", &[("TESSERA_STORE__BACKEND", "mongo")], "store.backend"),
             (
                 "",
-                &[("TESSERA_SIGNING__ROTATE_EVERY", "18446744073709551615s")],
+                &[("TESSERA_SIGNING__ROTATE_EVERY", "366d")],
                 "at most 365d",
             ),
             (
                 "",
-                &[("TESSERA_SIGNING__PREPUBLISH", "18446744073709551615s")],
+                &[("TESSERA_SIGNING__PREPUBLISH", "36500d")],
                 "signing.rotate_every",
             ),
             (

@@ -129,7 +129,13 @@ impl ScopeSet {
     }
 }
 
-/// Parses durations like `"90s"`, `"5m"`, `"1h30m"`, `"24h"`, `"7d"` into seconds.
+/// The longest duration `parse_duration` accepts: 100 years. Every caller adds the
+/// result to a Unix time (`i64`), so this keeps `now + d` far from overflow; callers
+/// still apply their own, tighter limits.
+pub const MAX_DURATION_SECS: u64 = 100 * 365 * 86_400;
+
+/// Parses durations like `"90s"`, `"5m"`, `"1h30m"`, `"24h"`, `"7d"` into seconds, at
+/// most `MAX_DURATION_SECS`.
 pub fn parse_duration(s: &str) -> Result<u64, ValueError> {
     let bad = || {
         ValueError::Duration(format!(
@@ -162,6 +168,11 @@ pub fn parse_duration(s: &str) -> Result<u64, ValueError> {
     if !num.is_empty() || !saw_unit {
         return Err(bad());
     }
+    if total > MAX_DURATION_SECS {
+        return Err(ValueError::Duration(format!(
+            "{s:?} is longer than 100 years; give a shorter duration"
+        )));
+    }
     Ok(total)
 }
 
@@ -193,7 +204,17 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(5400));
         assert_eq!(parse_duration("24h"), Ok(86_400));
         assert_eq!(parse_duration("30s"), Ok(30));
-        for bad in ["", "5", "m", "5x", "-5m", "5 m s"] {
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION_SECS));
+        for bad in [
+            "",
+            "5",
+            "m",
+            "5x",
+            "-5m",
+            "5 m s",
+            "36501d",
+            "18446744073709551615s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
         for secs in [1, 59, 60, 300, 5400, 86_400, 90_061] {
