@@ -67,6 +67,16 @@ pub enum SvidSource {
     WorkloadApi { endpoint: String, audience: String },
 }
 
+impl SvidSource {
+    /// Where the SVID was looked for, for error messages.
+    fn describe(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::WorkloadApi { endpoint, .. } => format!("the Workload API at {endpoint}"),
+        }
+    }
+}
+
 pub struct Settings {
     pub url: String,
     pub svid: SvidSource,
@@ -174,7 +184,7 @@ pub async fn fetch_svid(source: &SvidSource) -> Result<String> {
     };
     let svid = svid.trim();
     if svid.is_empty() {
-        bail!("the JWT-SVID is empty");
+        bail!("the JWT-SVID from {} is empty", source.describe());
     }
     Ok(svid.to_owned())
 }

@@ -338,6 +338,18 @@ async fn the_exchange_client_exchanges_and_renews_from_the_rotated_svid_file() {
         .err()
         .unwrap();
     assert!(format!("{err:#}").contains("invalid_grant"), "{err:#}");
+
+    // An empty file is refused before any request, naming the file.
+    std::fs::write(&svid_file, "\n").unwrap();
+    let err = exchange_client::exchange(&http, &settings)
+        .await
+        .err()
+        .unwrap();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("is empty") && msg.contains("svid.jwt"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
